@@ -1,0 +1,104 @@
+"""The checkout application factory: the only place the app is assembled."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from config import INSTANCE_DIR, Config, config_by_name
+
+
+def _configure_logging(app: Flask) -> None:
+    level = getattr(logging, str(app.config.get("LOG_LEVEL", "INFO")).upper(), logging.INFO)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("app").setLevel(level)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """WAL and a busy timeout let SQLite serve concurrent readers and queue its writers."""
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_app(config: type[Config] | dict | None = None) -> Flask:
+    """Build the app from a config class (or a dict of overrides on the environment's class)."""
+    app = Flask(__name__, instance_path=str(INSTANCE_DIR), template_folder="../templates",
+                static_folder="../static")
+    base = config if isinstance(config, type) else config_by_name((config or {}).get("APP_ENV"))
+    app.config.from_object(base)
+    if isinstance(config, dict):
+        app.config.update(config)
+    if app.config["PUBLIC_BASE_URL"].startswith("https://"):  # served over TLS: cookies only over TLS
+        app.config["SESSION_COOKIE_SECURE"] = app.config["REMEMBER_COOKIE_SECURE"] = True
+    found = base.problems() if hasattr(base, "problems") else []
+    if found:
+        raise SystemExit("refusing to start in production: " + " ".join(found))
+    INSTANCE_DIR.mkdir(exist_ok=True)
+    _configure_logging(app)
+
+    from app import auth, cli, http, jobs, metrics, security
+    from app.extensions import csrf, db, limiter, login_manager, migrate, socketio
+    from app.gateways import registry
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(INSTANCE_DIR.parent / "migrations"))
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    limiter.init_app(app)
+    # Flask-SocketIO keeps the message-queue client from an earlier init_app in this process
+    # (only tests build several apps): start from none so REDIS_URL alone decides.
+    socketio.server_options.pop("client_manager", None)
+    socketio.init_app(
+        app,
+        async_mode=app.config["SOCKETIO_ASYNC_MODE"],
+        message_queue=app.config.get("REDIS_URL"),
+        channel=app.config["SOCKETIO_CHANNEL"],
+        # cors_allowed_origins left unset: engine.io then accepts only same-origin pages.
+        logger=False,
+        engineio_logger=False,
+    )
+    registry.init_app(app)
+    auth.init_app(app)
+    http.init_app(app)
+    metrics.init_app(app)
+
+    from app import models  # noqa: F401  (registers the tables)
+    from app.auth import bp as auth_bp
+    from app.health import bp as health_bp
+    from app.ops import bp as ops_bp
+    from app.payments import bp as payments_bp
+    from app.realtime import register_events
+    from app.shop import bp as shop_bp
+    from app.webhooks import bp as webhooks_bp
+
+    app.register_blueprint(shop_bp)
+    app.register_blueprint(payments_bp)
+    app.register_blueprint(webhooks_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(ops_bp)
+    app.register_blueprint(health_bp)
+    register_events()
+    cli.init_app(app)
+    jobs.init_app(app)
+
+    security.init_app(app)  # last: its ProxyFix must wrap the Socket.IO middleware too
+
+    @app.teardown_appcontext
+    def _release_session(_exc):
+        db.session.remove()
+
+    return app

@@ -1,0 +1,1 @@
+"""Pure-Python domain: payment statuses, the transition table, money. No Flask, no SQLAlchemy."""

@@ -1,0 +1,1 @@
+"""Payment gateway adapters. Everything above this package speaks domain types only."""

@@ -1,0 +1,221 @@
+"""Adapter for the contract's gateway protocol (section 4), as served by the built-in sandbox.
+
+Retries are urllib3's: connection errors, read timeouts, 429 and 5xx are retried with
+exponential backoff and jitter. Every retry of create-session carries the same
+Idempotency-Key (the transaction id), so a retry never opens a second session.
+Worst case with the defaults: 4 attempts x (2 s connect + 4 s read) + 3.5 s backoff < 30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Mapping
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from app.domain.status import Status
+from app.gateways import signing
+from app.gateways.base import (
+    CreatedSession,
+    GatewayError,
+    GatewayRejected,
+    GatewayStatus,
+    GatewayUnavailable,
+    RefundResult,
+    SessionRequest,
+    VerifiedEvent,
+    WebhookRejected,
+)
+from app.metrics import GATEWAY_SECONDS
+from app.models.clock import iso
+
+log = logging.getLogger(__name__)
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def _is_amount(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(value: Any, longest: int) -> str | None:
+    """A string field of a webhook, or None when it is not text we could store and match."""
+    if isinstance(value, str) and 0 < len(value) <= longest and "\x00" not in value:
+        return value
+    return None
+
+
+class SandboxGateway:
+    """Speaks contract section 4 over HTTP with requests."""
+
+    name = "sandbox"
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        webhook_secrets: list[str],
+        *,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 4.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.webhook_secrets = webhook_secrets
+        self.timeout = (connect_timeout, read_timeout)
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            other=0,
+            allowed_methods=None,  # POSTs too: each carries an idempotency key
+            status_forcelist=RETRIED_STATUSES,
+            backoff_factor=backoff,
+            backoff_max=4.0,
+            backoff_jitter=backoff / 2 if backoff else 0.0,
+            respect_retry_after_header=False,  # keeps the worst case bounded
+            raise_on_status=False,
+        )
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {api_key}"
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=64)
+        self.http.mount("http://", adapter)
+        self.http.mount("https://", adapter)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "SandboxGateway":
+        return cls(
+            config["PAYMENT_GATEWAY_URL"],
+            config["PAYMENT_GATEWAY_API_KEY"],
+            config["PAYMENT_WEBHOOK_SECRET"].split(),
+            connect_timeout=config["GATEWAY_CONNECT_TIMEOUT"],
+            read_timeout=config["GATEWAY_READ_TIMEOUT"],
+            retries=config["GATEWAY_RETRIES"],
+            backoff=config["GATEWAY_BACKOFF"],
+        )
+
+    # -- outgoing calls -------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs) -> requests.Response:
+        operation = path.strip("/").split("/")[0] or "root"
+        started = time.perf_counter()
+        result = "error"
+        try:
+            response = self._send(method, path, ok, **kwargs)
+            result = "ok"
+            return response
+        except GatewayRejected:
+            result = "rejected"
+            raise
+        finally:
+            GATEWAY_SECONDS.labels(operation, result).observe(time.perf_counter() - started)
+
+    def _send(self, method: str, path: str, ok: tuple[int, ...], **kwargs) -> requests.Response:
+        url = f"{self.base_url}{path}"
+        try:
+            response = self.http.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            log.warning("gateway %s %s unreachable: %s", method, path, type(exc).__name__)
+            raise GatewayUnavailable(f"gateway unreachable: {type(exc).__name__}") from exc
+        if response.status_code in ok:
+            return response
+        if response.status_code in RETRIED_STATUSES:
+            raise GatewayUnavailable(f"gateway answered {response.status_code} after retries")
+        code = None
+        try:
+            code = response.json().get("error")
+        except ValueError:
+            pass
+        raise GatewayRejected(f"gateway refused {method} {path}: {response.status_code}", response.status_code, code)
+
+    @staticmethod
+    def _json(response: requests.Response) -> dict:
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise GatewayError("gateway answered with a body that is not JSON") from exc
+        if not isinstance(data, dict):
+            raise GatewayError("gateway answered with JSON that is not an object")
+        return data
+
+    def create_session(self, request: SessionRequest) -> CreatedSession:
+        body = {
+            "transaction_id": request.transaction_id,
+            "amount": request.amount,
+            "currency": request.currency,
+            "callback_url": request.callback_url,
+            "return_url": request.return_url,
+            "cancel_url": request.cancel_url,
+            "expires_at": iso(request.expires_at),
+        }
+        response = self._call(
+            "POST", "/create-session", json=body, headers={"Idempotency-Key": request.transaction_id}
+        )
+        data = self._json(response)
+        session_id, payment_url = data.get("session_id"), data.get("payment_url")
+        if not isinstance(session_id, str) or not isinstance(payment_url, str):
+            raise GatewayError("gateway create-session answer lacks session_id or payment_url")
+        return CreatedSession(session_id, payment_url)
+
+    def fetch_status(self, transaction_id: str) -> GatewayStatus | None:
+        response = self._call("GET", f"/status/{transaction_id}", ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        data = self._json(response)
+        status = Status.parse(data.get("status"))
+        if status is None or not _is_amount(data.get("amount")) or not isinstance(data.get("currency"), str):
+            raise GatewayError("gateway status answer is malformed")
+        return GatewayStatus(transaction_id, status, data["amount"], data["currency"])
+
+    def expire_session(self, session_id: str) -> Status:
+        response = self._call("POST", f"/sessions/{session_id}/expire", ok=(200, 409))
+        status = Status.parse(self._json(response).get("status"))
+        if response.status_code == 409 and status == Status.SUCCESS:
+            return Status.SUCCESS
+        if response.status_code == 200 and status == Status.EXPIRED:
+            return Status.EXPIRED
+        raise GatewayError(f"gateway expire answer is malformed ({response.status_code})")
+
+    def refund(self, transaction_id: str, amount: int, idempotency_key: str) -> RefundResult:
+        response = self._call(
+            "POST",
+            "/refunds",
+            json={"transaction_id": transaction_id, "amount": amount},
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        data = self._json(response)
+        refund_id = data.get("refund_id")
+        if not isinstance(refund_id, str):
+            raise GatewayError("gateway refund answer lacks refund_id")
+        return RefundResult(refund_id, data.get("status") == "succeeded")
+
+    # -- incoming webhooks ----------------------------------------------------------------
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
+        try:
+            webhook_id, _ = signing.verify(self.webhook_secrets, headers, body)
+        except signing.SignatureError as exc:
+            raise WebhookRejected(exc.reason, exc.message, headers.get("webhook-id")) from None
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise WebhookRejected("malformed_body", "The body is not JSON.", webhook_id) from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+            raise WebhookRejected("malformed_body", "The body has no event type.", webhook_id)
+        data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+        amount = data.get("amount")
+        return VerifiedEvent(
+            webhook_id=webhook_id,
+            event_type=payload["type"][:64],
+            transaction_id=_text(data.get("transaction_id"), 40),  # longer is none of ours
+            session_id=_text(data.get("session_id"), 128),
+            status=Status.parse(data.get("status")),
+            amount=amount if _is_amount(amount) else None,
+            currency=_text(data.get("currency"), 3),  # anything else never matches: flagged
+            payload=payload,
+        )

@@ -1,0 +1,81 @@
+"""Liveness, readiness, metrics and the API description: /healthz, /readyz, /metrics, /openapi.json."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy import func, select, text
+
+from app import metrics
+from app.domain.status import Status
+from app.extensions import db
+from app.models import Transaction
+from app.openapi import SPEC
+
+log = logging.getLogger(__name__)
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is up and answering."""
+    return jsonify({"status": "ok"})
+
+
+def _check_database() -> str | None:
+    try:
+        db.session.execute(text("SELECT 1"))
+        return None
+    except Exception as exc:  # any driver error means "not ready"
+        db.session.rollback()
+        return type(exc).__name__
+
+
+def _check_redis(url: str) -> str | None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client.ping()
+        client.close()
+        return None
+    except Exception as exc:  # any client error means "not ready"
+        return type(exc).__name__
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready when the database (and Redis, when configured) answer; 503 otherwise."""
+    checks = {"database": _check_database()}
+    if current_app.config.get("REDIS_URL"):
+        checks["redis"] = _check_redis(current_app.config["REDIS_URL"])
+    failing = {name: error for name, error in checks.items() if error}
+    body = {"status": "ready" if not failing else "unavailable",
+            "checks": {name: ("ok" if not error else f"failing: {error}") for name, error in checks.items()}}
+    if failing:
+        log.warning("not ready: %s", failing)
+        return jsonify({**body, "error": "not_ready", "message": "A dependency is not answering."}), 503
+    return jsonify(body)
+
+
+def _count_pending() -> int:
+    try:
+        return db.session.scalar(select(func.count()).select_from(Transaction)
+                                 .where(Transaction.status == Status.PENDING.value)) or 0
+    except Exception:  # a scrape must not fail because the database is down
+        db.session.rollback()
+        return -1
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus exposition format."""
+    body, content_type = metrics.render(_count_pending, current_app.config.get("PROMETHEUS_MULTIPROC_DIR"))
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3.1 description of the JSON API."""
+    return jsonify(SPEC)

@@ -1,0 +1,142 @@
+"""HTTP plumbing shared by the blueprints: JSON errors everywhere, JSON body parsing.
+
+Every JSON route answers errors as ``{"error": code, "message": sentence}``; an unknown
+path answers JSON under /api/ or when the client prefers JSON, HTML otherwise. No fault
+reaches a client as a stack trace: it is logged with a reference the client also sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TypeVar
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from app.services.errors import ServiceError
+
+log = logging.getLogger(__name__)
+Model = TypeVar("Model", bound=BaseModel)
+
+JSON_PREFIXES = ("/api/", "/initiate-payment", "/check-payment-status", "/payment-callback")
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+def wants_json() -> bool:
+    """True for the JSON API paths, and for clients that prefer JSON to HTML."""
+    if request.path.startswith(JSON_PREFIXES):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def error_response(status: int, code: str, message: str, extra: dict | None = None):
+    """The JSON error shape of the contract."""
+    return jsonify({"error": code, "message": message, **(extra or {})}), status
+
+
+def _page_or_json(status: int, code: str, message: str):
+    if wants_json():
+        return error_response(status, code, message)
+    return render_template("error.html", status=status, message=message), status
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def json_body(model: type[Model]) -> Model:
+    """Parse the request body as JSON into ``model`` (415, 400, 422 as appropriate)."""
+    if not request.is_json:
+        raise ServiceError(415, "unsupported_media_type", "Send the body as application/json.")
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ServiceError(400, "malformed_json", "The request body is not valid JSON.")
+    if not isinstance(data, dict):
+        raise ServiceError(422, "validation_error", "The JSON body must be an object.")
+    if _has_nul(data):
+        raise ServiceError(422, "validation_error", "Text in the body must not contain NUL characters.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in err["loc"]), "problem": err["msg"]} for err in exc.errors()
+        ]
+        first = problems[0]
+        raise ServiceError(422, "validation_error", f"{first['field'] or 'body'}: {first['problem']}.",
+                           {"fields": problems}) from None
+
+
+def init_app(app: Flask) -> None:
+    """Register the error handlers on ``app``, and refuse NUL characters before any route runs."""
+
+    @app.before_request
+    def _refuse_nul():
+        # No database stores NUL in text (PostgreSQL refuses it): refuse it at the door, clearly.
+        in_form = request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data") and any(
+            "\x00" in v for values in request.form.listvalues() for v in values)
+        if ("\x00" in request.path or "\x00" in request.query_string.decode("latin-1")
+                or "%00" in request.query_string.decode("latin-1")
+                or "\x00" in request.headers.get("Idempotency-Key", "") or in_form):
+            raise ServiceError(400, "invalid_characters", "The request contains a NUL character.")
+
+    @app.errorhandler(ServiceError)
+    def on_service_error(exc: ServiceError):
+        if wants_json():
+            return jsonify(exc.to_dict()), exc.status
+        return render_template("error.html", status=exc.status, message=exc.message), exc.status
+
+    @app.errorhandler(CSRFError)
+    def on_csrf(exc: CSRFError):
+        return _page_or_json(400, "csrf_failed", "The form expired or did not come from this site; reload and try again.")
+
+    @app.errorhandler(HTTPException)
+    def on_http(exc: HTTPException):
+        status = exc.code or 500
+        code = HTTP_CODES.get(status, "http_error")
+        if status == 413:
+            message = "The request body is too large."
+        elif status == 405:
+            message = "This method is not allowed here."
+        elif status == 404:
+            message = "Nothing is at this address."
+        else:
+            message = exc.description or "The request could not be handled."
+        body, status = _page_or_json(status, code, message)
+        allowed = getattr(exc, "valid_methods", None)
+        return body, status, ({"Allow": ", ".join(allowed)} if allowed else {})
+
+    @app.errorhandler(Exception)
+    def on_fault(exc: Exception):
+        reference = secrets.token_hex(6)
+        log.exception("unhandled fault ref=%s on %s %s", reference, request.method, request.path)
+        try:
+            from app.extensions import db
+
+            db.session.rollback()
+        except Exception:
+            log.exception("rollback after fault ref=%s failed", reference)
+        message = f"Something went wrong on our side (reference {reference}). Please try again."
+        if wants_json():
+            return error_response(500, "internal_error", message, {"reference": reference})
+        return render_template("error.html", status=500, message=message), 500

@@ -1,0 +1,158 @@
+"""Routes of the ops console: thin, each calls one service. Staff only; admins act."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import wraps
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from app.extensions import login_manager
+from app.ops.forms import FilterForm, RefundForm
+from app.ops.redaction import pretty, pretty_text
+from app.services import ops, refunds
+from app.services.errors import ServiceError
+
+bp = Blueprint("ops", __name__, url_prefix="/ops")
+
+
+@bp.record
+def _register_socket_events(_state) -> None:
+    """Attach the ops room's Socket.IO handler whenever the blueprint joins an app."""
+    from app.ops.live import register_events
+
+    register_events()
+
+
+@bp.before_request
+def _staff_only():
+    """Every /ops page, present and future, is for logged-in staff: others go to /ops/login."""
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
+    return None
+
+
+def admin_required(view):
+    """Refuse the action with 403 unless the staff member is an admin."""
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if not current_user.is_admin:
+            abort(403, description="Only ops admins may do this; your account can view but not act.")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@bp.context_processor
+def _helpers() -> dict:
+    return {"money": ops.money_text, "when": _when, "pretty": pretty, "pretty_text": pretty_text}
+
+
+# -- pages ---------------------------------------------------------------------------------
+
+
+@bp.get("/")
+def index():
+    return redirect(url_for("ops.transactions"))
+
+
+@bp.get("/transactions")
+def transactions():
+    form = FilterForm(request.args)
+    form.offer_gateways(ops.known_gateways())
+    form.validate()
+    filters = form.to_filters()
+    page = ops.list_transactions(filters, after=request.args.get("after"), before=request.args.get("before"))
+    params = {k: v for k, v in request.args.items() if k not in ("after", "before", "csrf_token") and v}
+    return render_template("ops/transactions.html", form=form, page=page, filters=filters, params=params,
+                           counts=ops.status_counts(filters))
+
+
+@bp.get("/transactions/<transaction_id>")
+def transaction(transaction_id: str):
+    return _detail_page(transaction_id)
+
+
+@bp.get("/webhooks")
+def webhooks():
+    deliveries, rejections = ops.webhook_log()
+    return render_template("ops/webhooks.html", deliveries=deliveries, rejections=rejections)
+
+
+def _detail_page(transaction_id: str, *, refund_form: RefundForm | None = None, error: str | None = None,
+                 status: int = 200):
+    detail = ops.transaction_detail(transaction_id)
+    return render_template("ops/transaction.html", d=detail, tx=detail.transaction,
+                           refund_form=refund_form or RefundForm(formdata=None),
+                           error=error), status
+
+
+def _done(transaction_id: str, message: str):
+    flash(message, "success")
+    return redirect(url_for("ops.transaction", transaction_id=transaction_id), code=303)
+
+
+def _refused(transaction_id: str, exc: ServiceError, **kwargs):
+    if exc.status == 404:
+        raise exc
+    return _detail_page(transaction_id, error=exc.message, status=exc.status, **kwargs)
+
+
+# -- admin actions -------------------------------------------------------------------------
+
+
+def _act(transaction_id: str, action):
+    """Run one admin action as the logged-in staff member and show the transaction again."""
+    try:
+        outcome = action(transaction_id, current_user.email)
+    except ServiceError as exc:
+        return _refused(transaction_id, exc)
+    return _done(transaction_id, outcome.message)
+
+
+@bp.post("/transactions/<transaction_id>/recheck")
+@admin_required
+def recheck(transaction_id: str):
+    return _act(transaction_id, ops.recheck)
+
+
+@bp.post("/transactions/<transaction_id>/cancel")
+@admin_required
+def cancel(transaction_id: str):
+    return _act(transaction_id, ops.cancel_payment)
+
+
+@bp.post("/transactions/<transaction_id>/refund")
+@admin_required
+def refund(transaction_id: str):
+    form = RefundForm()
+    if not form.validate():
+        message = next(iter(form.amount.errors), "Enter a whole number of minor units above 0.")
+        return _detail_page(transaction_id, refund_form=form, error=message, status=422)
+    try:
+        done = refunds.refund(transaction_id, form.minor_units, current_user.email)
+    except ServiceError as exc:
+        return _refused(transaction_id, exc, refund_form=form)
+    return _done(transaction_id, f"Refunded {ops.money_text(done.amount, done.currency)}.")
+
+
+@bp.post("/transactions/<transaction_id>/review")
+@admin_required
+def review(transaction_id: str):
+    return _act(transaction_id, ops.mark_reviewed)
+
+
+@bp.post("/transactions/<transaction_id>/refunds/<refund_id>/retry")
+@admin_required
+def retry_refund(transaction_id: str, refund_id: str):
+    try:
+        done = refunds.retry_refund(transaction_id, refund_id, current_user.email)
+    except ServiceError as exc:
+        return _refused(transaction_id, exc)
+    return _done(transaction_id, f"Refunded {ops.money_text(done.amount, done.currency)}.")

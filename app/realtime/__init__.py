@@ -1,0 +1,53 @@
+"""Socket.IO: shoppers join a transaction's room; every status change is pushed after commit.
+
+``notify_status`` is the one emit helper every writer goes through (via apply_status).
+With REDIS_URL set the emit travels through the message queue to every process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import request
+from flask_socketio import join_room
+from sqlalchemy import select
+
+from app.extensions import db, socketio
+from app.models import Transaction
+
+log = logging.getLogger(__name__)
+OPS_ROOM = "ops"
+
+
+def room_for(transaction_id: str) -> str:
+    return f"txn:{transaction_id}"
+
+
+def notify_status(transaction_id: str, status: str) -> None:
+    """Push ``payment_status_update`` to the transaction's room and to ops. Call after commit."""
+    payload = {"transaction_id": transaction_id, "status": status}
+    try:
+        socketio.emit("payment_status_update", payload, to=room_for(transaction_id))
+        socketio.emit("transaction_updated", payload, to=OPS_ROOM)
+    except Exception:  # a broken message queue must not undo a committed payment
+        log.exception("txn=%s realtime emit failed", transaction_id)
+
+
+def register_events() -> None:
+    """Attach the Socket.IO handlers of contract section 5."""
+
+    @socketio.on("join")
+    def on_join(data):
+        transaction_id = data.get("transaction_id") if isinstance(data, dict) else None
+        exists = (isinstance(transaction_id, str) and 0 < len(transaction_id) <= 40 and "\x00" not in transaction_id
+                  and db.session.get(Transaction, transaction_id) is not None)
+        if not exists:
+            socketio.emit("payment_error", {"error": "transaction_not_found"}, to=request.sid)
+            db.session.remove()
+            return
+        # Join first, then read: a change committed in between is either in the status read
+        # below or emitted to the room this client is already in, so it is never missed.
+        join_room(room_for(transaction_id))
+        status = db.session.scalar(select(Transaction.status).where(Transaction.id == transaction_id))
+        socketio.emit("payment_status_update", {"transaction_id": transaction_id, "status": status}, to=request.sid)
+        db.session.remove()

@@ -1,0 +1,1 @@
+"""Use cases. Services own the database transaction: they commit, routes never do."""

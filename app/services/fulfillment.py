@@ -1,0 +1,136 @@
+"""Fulfilling a paid order: the FULFILLMENT_HANDLER runs once per order.
+
+A claim (a compare-and-set on ``fulfillment_claimed_at``) makes sure only one process runs
+the handler at a time; when it returns the order becomes fulfilled and is never handed to
+the handler again. A handler that raises leaves the order paid, the error on the timeline,
+and the claim released, so the next reconciliation pass retries it. A process that dies
+mid-handler holds the claim until FULFILLMENT_LEASE_SECONDS pass, after which the order is
+retried: the handler must return well within the lease (15 minutes by default), and should
+be idempotent on the order id, because a crash between its side effect and our commit
+cannot be told apart from a crash before it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from datetime import timedelta
+from typing import Callable
+
+from flask import current_app
+from sqlalchemy import bindparam, or_, select, update
+
+from app.extensions import db
+from app.metrics import FULFILLMENTS
+from app.models import Order, OrderStatus
+from app.models.clock import utcnow
+from app.services import timeline
+
+log = logging.getLogger(__name__)
+
+_orders = Order.__table__
+_FINISH = (  # built once: it runs after every paid order's handler; only the claim holder finishes
+    _orders.update()
+    .where(_orders.c.id == bindparam("order_id"), _orders.c.status == OrderStatus.PAID.value,
+           _orders.c.fulfillment_claimed_at == bindparam("claimed_at"))
+    .values(status=OrderStatus.FULFILLED.value, fulfilled_at=bindparam("done"), updated_at=bindparam("done"),
+            fulfillment_claimed_at=None)
+)
+
+
+def log_fulfillment(order_id: str, transaction_id: str) -> None:
+    """The built-in handler: records that the order would ship now."""
+    log.info("order=%s txn=%s fulfilled (built-in handler: nothing to ship)", order_id, transaction_id)
+
+
+def load_handler(path: str) -> Callable[[str, str], object]:
+    """Resolve ``package.module:function``; raises ValueError when it names nothing callable."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"FULFILLMENT_HANDLER must look like package.module:function, got {path!r}")
+    handler = getattr(importlib.import_module(module_name), attr, None)
+    if not callable(handler):
+        raise ValueError(f"FULFILLMENT_HANDLER {path!r} is not callable")
+    return handler
+
+
+def fulfill_order(order_id: str, *, source: str = "system") -> bool:
+    """Claim a paid order nobody is fulfilling and run its handler; True when this call fulfilled it."""
+    now = utcnow()
+    stale = now - timedelta(seconds=current_app.config["FULFILLMENT_LEASE_SECONDS"])
+    claimed = db.session.execute(
+        update(Order)
+        .where(
+            Order.id == order_id,
+            Order.status == OrderStatus.PAID.value,
+            or_(Order.fulfillment_claimed_at.is_(None), Order.fulfillment_claimed_at < stale),
+        )
+        .values(fulfillment_claimed_at=now, fulfillment_attempts=Order.fulfillment_attempts + 1)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    if claimed != 1:
+        return False
+    transaction_id = db.session.scalar(select(Order.paid_transaction_id).where(Order.id == order_id))
+    return run_claimed(order_id, transaction_id, now, source=source)
+
+
+def run_claimed(order_id: str, transaction_id: str, claimed_at, *, source: str = "system") -> bool:
+    """Run the handler for an order whose claim (taken at ``claimed_at``) this caller holds."""
+    try:
+        load_handler(current_app.config["FULFILLMENT_HANDLER"])(order_id, transaction_id)
+    except Exception as exc:  # the handler is someone else's code: record, release, retry later
+        log.exception("order=%s txn=%s fulfillment handler failed", order_id, transaction_id)
+        db.session.rollback()
+        db.session.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.fulfillment_claimed_at == claimed_at)
+            .values(fulfillment_claimed_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        timeline.record(
+            transaction_id, "fulfillment", source, f"fulfillment handler failed: {type(exc).__name__}: {exc}"[:500],
+            outcome="error",
+        )
+        db.session.commit()
+        FULFILLMENTS.labels("error").inc()
+        return False
+    done = utcnow()
+    finished = db.session.connection().execute(
+        _FINISH, {"order_id": order_id, "claimed_at": claimed_at, "done": done}
+    ).rowcount
+    if finished != 1:
+        # Our claim outlived its lease and was taken over: the handler overran
+        # FULFILLMENT_LEASE_SECONDS. Say so loudly; whoever holds the claim now finishes.
+        log.error("order=%s txn=%s handler returned after its claim was taken over (lease %ss too short?)",
+                  order_id, transaction_id, current_app.config["FULFILLMENT_LEASE_SECONDS"])
+        timeline.record(transaction_id, "fulfillment", source,
+                        "handler returned after its claim lease ran out; another run holds the order",
+                        outcome="error")
+        db.session.commit()
+        return False
+    timeline.record(transaction_id, "fulfillment", source, "order fulfilled", outcome="ok")
+    db.session.commit()
+    log.info("order=%s txn=%s fulfilled", order_id, transaction_id)
+    FULFILLMENTS.labels("fulfilled").inc()
+    return True
+
+
+def orders_awaiting_fulfillment(limit: int = 100) -> list[str]:
+    """Paid orders whose handler has not returned yet (for reconciliation to retry).
+
+    Least-tried first, then oldest: orders whose handler keeps failing sink below new ones,
+    so a few broken orders never starve the rest.
+    """
+    stale = utcnow() - timedelta(seconds=current_app.config["FULFILLMENT_LEASE_SECONDS"])
+    return list(
+        db.session.scalars(
+            select(Order.id)
+            .where(
+                Order.status == OrderStatus.PAID.value,
+                or_(Order.fulfillment_claimed_at.is_(None), Order.fulfillment_claimed_at < stale),
+            )
+            .order_by(Order.fulfillment_attempts, Order.paid_at)
+            .limit(limit)
+        )
+    )

@@ -1,0 +1,99 @@
+"""Applying what the gateway says about a payment, for every caller that asks or is told.
+
+The gateway holds the money, so its word moves our status, with one guard: a success whose
+amount or currency differs from the transaction is never applied. It is flagged for review
+(``amount_mismatch``) and recorded instead, and the order is not fulfilled.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from app.domain.status import Decision, Outcome, Status
+from app.extensions import db
+from app.gateways.registry import get_gateway
+from app.services import timeline
+from app.services.errors import ServiceError
+from app.services.payments import get_transaction
+from app.services.status_moves import MoveResult, TxState, apply_status, flag_for_review, read_state
+
+log = logging.getLogger(__name__)
+MISMATCH = "amount_mismatch"
+
+
+def apply_report(
+    transaction_id: str,
+    status: Status,
+    amount: int | None,
+    currency: str | None,
+    *,
+    source: str,
+    summary: str = "",
+    detail: dict | None = None,
+    actor: str | None = None,
+    before_commit: Callable[[Decision], None] | None = None,
+    known: TxState | None = None,
+) -> MoveResult:
+    """Apply the gateway's status for the payment; a success with other money is flagged, not applied.
+
+    ``known`` is the transaction's state if the caller has just read it.
+    """
+    tx = known or read_state(transaction_id)
+    if tx is None:
+        raise ServiceError(404, "transaction_not_found", "No transaction has that id.")
+    if status == Status.SUCCESS and (amount, currency) != (tx.amount, tx.currency):
+        flag_for_review(tx.id, MISMATCH)
+        timeline.record(
+            tx.id, "flag", source,
+            f"gateway success for {amount} {currency} does not match {tx.amount} {tx.currency}: not applied",
+            outcome="flagged", detail=detail, actor=actor,
+        )
+        decision = Decision(tx.status, status, Outcome.REFUSED, flag_reason=MISMATCH)
+        if before_commit:
+            before_commit(decision)
+        db.session.commit()
+        log.warning("txn=%s gateway success amount mismatch (source=%s), flagged", tx.id, source)
+        return MoveResult(tx.id, decision, flagged=MISMATCH)
+    return apply_status(tx.id, status, source=source, summary=summary, detail=detail, actor=actor,
+                        before_commit=before_commit, known=tx)
+
+
+def close_session(
+    transaction_id: str,
+    closed_as: Status,
+    *,
+    source: str,
+    summary: str,
+    actor: str | None = None,
+    before_commit: Callable[[Decision], None] | None = None,
+) -> MoveResult:
+    """Expire the payment's gateway session and move the payment to ``closed_as``.
+
+    When the gateway answers that the shopper already paid (409), it is asked for the
+    payment and that is applied through ``apply_report``, so a success counts only with the
+    right money. Raises GatewayError, changing nothing, when the gateway cannot be reached.
+    """
+    tx = get_transaction(transaction_id)
+    gateway = get_gateway()
+    if tx.gateway_session_id is None:
+        return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
+                            summary=f"{summary} (no gateway session was opened)")
+    if gateway.expire_session(tx.gateway_session_id) == Status.EXPIRED:
+        return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
+                            summary=f"{summary}: gateway session expired")
+    report = gateway.fetch_status(tx.id)
+    if report is None or report.status != Status.SUCCESS:
+        flag_for_review(tx.id, "gateway_inconsistent")
+        said = "nothing" if report is None else report.status.value
+        timeline.record(tx.id, "flag", source, f"{summary}: the gateway refused to expire the session as paid, "
+                        f"but its status says {said}; left as it is", outcome="flagged", actor=actor)
+        decision = Decision(Status(tx.status), closed_as, Outcome.REFUSED)
+        if before_commit:
+            before_commit(decision)
+        db.session.commit()
+        return MoveResult(tx.id, decision, flagged="gateway_inconsistent")
+    return apply_report(tx.id, report.status, report.amount, report.currency, source=source, actor=actor,
+                        before_commit=before_commit,
+                        detail={"status": report.status.value, "amount": report.amount, "currency": report.currency},
+                        summary=f"{summary}: refused by the gateway (409), the shopper already paid")

@@ -1,0 +1,180 @@
+"""Starting payments and reading their status (contract section 3)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import bindparam, select
+
+from app.domain.status import Status
+from app.extensions import db
+from app.gateways.base import GatewayError, SessionRequest
+from app.gateways.registry import get_gateway
+from app.models import Order, OrderStatus, Transaction
+from app.models.clock import iso, public_id, utcnow
+from app.services import idempotency, timeline
+from app.services.errors import ServiceError
+from app.services.status_moves import apply_status
+
+log = logging.getLogger(__name__)
+
+
+def get_transaction(transaction_id: str) -> Transaction:
+    """The transaction, or a 404 ServiceError."""
+    tx = db.session.get(Transaction, transaction_id) if len(transaction_id) <= 40 else None
+    if tx is None:
+        raise ServiceError(404, "transaction_not_found", "No transaction has that id.")
+    return tx
+
+
+@dataclass(frozen=True)
+class _Payment:
+    """The few facts of a transaction that starting a payment reads and answers with."""
+
+    id: str
+    order_id: str
+    amount: int
+    currency: str
+    status: str
+    expires_at: datetime
+    payment_url: str | None
+
+
+# Initiation's statements, built once (it is the busiest write path after webhooks).
+_orders, _transactions = Order.__table__, Transaction.__table__
+# Touching the order takes its write lock (a row lock on PostgreSQL, the database's write lock
+# on SQLite), so two initiations for one order never both open a transaction.
+_LOCK_ORDER = (
+    _orders.update().where(_orders.c.id == bindparam("order_id")).values(updated_at=bindparam("now"))
+    .returning(_orders.c.status, _orders.c.total, _orders.c.currency)
+)
+_PAYMENT_COLUMNS = (_transactions.c.id, _transactions.c.order_id, _transactions.c.amount, _transactions.c.currency,
+                    _transactions.c.status, _transactions.c.expires_at, _transactions.c.payment_url)
+_OPEN_PAYMENT = (
+    select(*_PAYMENT_COLUMNS)
+    .where(_transactions.c.order_id == bindparam("order_id"), _transactions.c.status == Status.PENDING.value,
+           _transactions.c.expires_at > bindparam("now"))
+    .order_by(_transactions.c.created_at.desc())
+    .limit(1)
+)
+_INSERT_PAYMENT = _transactions.insert()
+_SAVE_SESSION = (
+    _transactions.update().where(_transactions.c.id == bindparam("tx_id"))
+    .values(gateway_session_id=bindparam("session_id"), payment_url=bindparam("url"))
+)
+
+
+def _initiation_body(tx: _Payment) -> dict:
+    base = current_app.config["PUBLIC_BASE_URL"]
+    return {
+        "transaction_id": tx.id,
+        "status": tx.status,
+        "payment_url": tx.payment_url,
+        "expires_at": iso(tx.expires_at),
+        "status_url": f"{base}/check-payment-status/{tx.id}",
+        "order_id": tx.order_id,
+        "amount": tx.amount,
+        "currency": tx.currency,
+        "page_url": f"{base}/payment/{tx.id}",
+    }
+
+
+def _open_session(tx: _Payment) -> _Payment:
+    """Ask the gateway for the hosted page; idempotent on the transaction id, so safe to repeat."""
+    base = current_app.config["PUBLIC_BASE_URL"]
+    request = SessionRequest(
+        transaction_id=tx.id,
+        amount=tx.amount,
+        currency=tx.currency,
+        callback_url=f"{base}/payment-callback",
+        return_url=f"{base}/payment/{tx.id}?returned=1",
+        cancel_url=f"{base}/payment/{tx.id}?cancelled=1",
+        expires_at=tx.expires_at,
+    )
+    session = get_gateway().create_session(request)
+    db.session.connection().execute(_SAVE_SESSION, {"tx_id": tx.id, "session_id": session.session_id,
+                                                    "url": session.payment_url})
+    timeline.record(tx.id, "gateway", "api", "gateway session opened", outcome="ok",
+                    detail={"session_id": session.session_id})
+    log.info("txn=%s gateway session %s opened", tx.id, session.session_id)
+    return replace(tx, payment_url=session.payment_url)
+
+
+def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dict]:
+    now = utcnow()
+    connection = db.session.connection()
+    order = connection.execute(_LOCK_ORDER, {"order_id": order_id, "now": now}).first() \
+        if len(order_id) <= 40 else None
+    if order is None:
+        db.session.rollback()
+        raise ServiceError(404, "order_not_found", "No order has that id.")
+    if amount is not None and amount != order.total:
+        db.session.rollback()
+        raise ServiceError(422, "amount_mismatch", f"The amount does not match the order total of {order.total}.")
+    if order.status != OrderStatus.OPEN.value:
+        db.session.rollback()
+        raise ServiceError(409, "order_already_paid", "This order is already paid.")
+    row = connection.execute(_OPEN_PAYMENT, {"order_id": order_id, "now": now}).first()
+    created = row is None
+    if created:
+        tx = _Payment(public_id("txn"), order_id, order.total, order.currency, Status.PENDING.value,
+                      now + timedelta(seconds=current_app.config["PAYMENT_EXPIRES_AFTER"]), None)
+        connection.execute(_INSERT_PAYMENT, {
+            "id": tx.id, "order_id": order_id,
+            "amount": order.total,  # always the stored order's total, never the client's
+            "currency": order.currency, "status": tx.status, "gateway": get_gateway().name,
+            "expires_at": tx.expires_at, "idempotency_key": key, "created_at": now, "updated_at": now,
+        })
+        timeline.record(tx.id, "created", "api", f"payment started for order {order_id}", outcome="ok",
+                        detail={"amount": tx.amount, "currency": tx.currency})
+        log.info("txn=%s created for order=%s amount=%s %s", tx.id, order_id, tx.amount, tx.currency)
+    else:
+        tx = _Payment(*row)
+    db.session.commit()  # the pending transaction exists before the gateway is called
+
+    if tx.payment_url is None:
+        try:
+            tx = _open_session(tx)
+        except GatewayError as exc:
+            db.session.rollback()
+            log.warning("txn=%s gateway failed: %s", tx.id, exc)
+            apply_status(tx.id, Status.FAILURE, source="api", summary=f"gateway unavailable: {exc}"[:300])
+            raise ServiceError(502, "gateway_unavailable",
+                               "The payment gateway is not answering; please try again in a moment.",
+                               {"transaction_id": tx.id}) from None
+        db.session.commit()
+    return (201 if created else 200), _initiation_body(tx)
+
+
+def initiate_payment(order_id: str, amount: int | None, idempotency_key: str | None, request_body: dict) -> tuple[int, dict]:
+    """Start (or reuse) the order's payment and return ``(http_status, body)``.
+
+    With an Idempotency-Key the first answer, success or refusal, is stored and replayed.
+    """
+    if idempotency_key is None:
+        return _answer(order_id, amount, None)
+    stored = idempotency.begin(idempotency_key, "initiate-payment", idempotency.fingerprint(request_body))
+    if stored is not None:
+        return stored.status_code, stored.response
+    try:
+        status, body = _answer(order_id, amount, idempotency_key)
+    except Exception:
+        idempotency.release(idempotency_key)
+        raise
+    idempotency.finish(idempotency_key, status, body)
+    return status, body
+
+
+def _answer(order_id: str, amount: int | None, key: str | None) -> tuple[int, dict]:
+    try:
+        return _start(order_id, amount, key)
+    except ServiceError as refusal:
+        return refusal.status, refusal.to_dict()
+
+
+def payment_status(transaction_id: str) -> dict:
+    """The JSON of GET /check-payment-status."""
+    return get_transaction(transaction_id).to_status_dict()

@@ -1,0 +1,156 @@
+"""Refunds through the gateway, never more than was captured, even when submitted at once.
+
+The amount is reserved first with a conditional UPDATE on transactions.refunded_amount
+(``refunded_amount + x <= amount``), committed with a ``requested`` Refund row, and only
+then sent to the gateway under the refund's id as Idempotency-Key. A definite refusal
+releases the reservation; an unanswered call keeps it (the money may have moved) and flags
+the transaction, and the refund can be retried under the same key. Every refund row leaves
+``requested`` once, by compare-and-set, so a reservation is released at most once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, select, update
+
+from app.domain.status import Status
+from app.extensions import db
+from app.gateways.base import GatewayError, GatewayRejected
+from app.gateways.registry import get_gateway
+from app.models import Refund, Transaction
+from app.services import timeline
+from app.services.errors import ServiceError
+from app.services.ops import money_text, notify_ops
+from app.services.payments import get_transaction
+from app.services.status_moves import apply_status, flag_for_review
+
+log = logging.getLogger(__name__)
+REFUNDABLE = (Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value)
+
+
+def refund(transaction_id: str, amount: int, actor: str) -> Refund:
+    """Refund ``amount`` minor units of a captured payment and move its status.
+
+    422 ``invalid_amount`` unless a whole number above 0; 409 ``not_refundable`` unless the
+    payment is success or partially_refunded; 422 ``refund_exceeds_remaining`` beyond what
+    remains; 502 when the gateway refuses or does not answer.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ServiceError(422, "invalid_amount", "The refund amount must be a whole number of minor units above 0.")
+    tx = get_transaction(transaction_id)
+    reserved = db.session.execute(
+        update(Transaction)
+        .where(Transaction.id == tx.id, Transaction.status.in_(REFUNDABLE),
+               Transaction.refunded_amount + amount <= Transaction.amount)
+        .values(refunded_amount=Transaction.refunded_amount + amount)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if reserved != 1:
+        db.session.rollback()
+        tx = db.session.get(Transaction, tx.id, populate_existing=True)
+        if tx.status not in REFUNDABLE:
+            raise ServiceError(409, "not_refundable", f"Only a successful payment can be refunded; this one is {tx.status}.")
+        left = tx.amount - tx.refunded_amount
+        raise ServiceError(422, "refund_exceeds_remaining",
+                           f"At most {left} minor units ({money_text(left, tx.currency)}) remain to be refunded.",
+                           {"remaining": left})
+    record = Refund(transaction_id=tx.id, amount=amount, currency=tx.currency, status="requested", actor=actor)
+    db.session.add(record)
+    db.session.flush()
+    timeline.record(tx.id, "ops", "ops", f"refund of {money_text(amount, tx.currency)} requested by {actor}",
+                    outcome="requested", detail={"refund_id": record.id, "amount": amount}, actor=actor)
+    db.session.commit()  # the reservation holds before the gateway is asked
+    log.info("txn=%s refund %s of %s requested by %s", tx.id, record.id, amount, actor)
+    return _send(record.id, actor)
+
+
+def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:
+    """Send a refund the gateway did not answer again, under the same Idempotency-Key.
+
+    404 unless the refund belongs to the transaction; 409 once it succeeded or failed.
+    """
+    record = db.session.get(Refund, refund_id) if len(refund_id) <= 40 else None
+    if record is None or record.transaction_id != transaction_id:
+        raise ServiceError(404, "refund_not_found", "No refund has that id.")
+    if record.status != "requested":
+        raise ServiceError(409, "refund_settled", f"This refund is already {record.status}.")
+    timeline.record(record.transaction_id, "ops", "ops", f"refund {record.id} retried by {actor}",
+                    outcome="requested", detail={"refund_id": record.id, "amount": record.amount}, actor=actor)
+    db.session.commit()
+    return _send(record.id, actor)
+
+
+def _send(refund_id: str, actor: str) -> Refund:
+    record = db.session.get(Refund, refund_id)
+    tx_id, amount, currency = record.transaction_id, record.amount, record.currency
+    try:
+        result = get_gateway().refund(tx_id, amount, idempotency_key=record.id)
+    except GatewayRejected as exc:
+        _release(record, actor, f"the gateway refused it: {exc}")
+        raise ServiceError(502, "refund_refused", f"The gateway refused the refund ({exc.status_code}); "
+                           "nothing was refunded.") from None
+    except GatewayError as exc:
+        db.session.rollback()
+        flag_for_review(tx_id, "refund_outcome_unknown")
+        timeline.record(tx_id, "ops", "ops", f"refund {record.id} of {money_text(amount, currency)}: the gateway "
+                        f"did not answer ({exc}); amount held, retry it", outcome="error", actor=actor)
+        db.session.commit()
+        notify_ops(tx_id)
+        log.warning("txn=%s refund %s unanswered by the gateway: %s", tx_id, record.id, exc)
+        raise ServiceError(502, "gateway_unavailable", "The gateway did not answer. The amount stays reserved; "
+                           "retry the refund from this page.") from None
+    if not result.succeeded:
+        _release(record, actor, f"the gateway did not confirm it (refund {result.refund_id})")
+        raise ServiceError(502, "refund_refused", "The gateway did not confirm the refund; nothing was refunded.")
+    settled = db.session.execute(
+        update(Refund).where(Refund.id == record.id, Refund.status == "requested")
+        .values(status="succeeded", gateway_refund_id=result.refund_id)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if settled == 1:
+        timeline.record(tx_id, "ops", "ops", f"refund of {money_text(amount, currency)} succeeded "
+                        f"(gateway refund {result.refund_id})", outcome="ok",
+                        detail={"refund_id": record.id, "gateway_refund_id": result.refund_id}, actor=actor)
+    db.session.commit()
+    log.info("txn=%s refund %s succeeded at the gateway as %s", tx_id, record.id, result.refund_id)
+    _settle_status(tx_id, actor)
+    return db.session.get(Refund, record.id, populate_existing=True)
+
+
+def _release(record: Refund, actor: str, why: str) -> None:
+    """Mark the refund failed and give its amount back, once, whoever gets here first."""
+    db.session.rollback()
+    failed = db.session.execute(
+        update(Refund).where(Refund.id == record.id, Refund.status == "requested").values(status="failed")
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if failed == 1:
+        db.session.execute(
+            update(Transaction).where(Transaction.id == record.transaction_id)
+            .values(refunded_amount=Transaction.refunded_amount - record.amount)
+            .execution_options(synchronize_session=False)
+        )
+        timeline.record(record.transaction_id, "ops", "ops",
+                        f"refund of {money_text(record.amount, record.currency)} failed: {why}"[:500],
+                        outcome="error", detail={"refund_id": record.id}, actor=actor)
+    db.session.commit()
+    notify_ops(record.transaction_id)
+    log.warning("txn=%s refund %s failed: %s", record.transaction_id, record.id, why)
+
+
+def _settle_status(transaction_id: str, actor: str) -> None:
+    """Move the payment to refunded or partially_refunded by what the gateway confirmed."""
+    tx = db.session.get(Transaction, transaction_id, populate_existing=True)
+    confirmed = db.session.scalar(
+        select(func.coalesce(func.sum(Refund.amount), 0))
+        .where(Refund.transaction_id == transaction_id, Refund.status == "succeeded")
+    )
+    target = Status.REFUNDED if confirmed >= tx.amount else Status.PARTIALLY_REFUNDED
+    if tx.status == target.value or (tx.status == Status.REFUNDED.value):
+        db.session.rollback()
+        notify_ops(transaction_id)  # the status stays; the refunds and timeline changed
+        return
+    apply_status(transaction_id, target, source="ops", actor=actor,
+                 summary=f"refunds confirmed: {money_text(confirmed, tx.currency)} of "
+                         f"{money_text(tx.amount, tx.currency)}")

@@ -1,0 +1,177 @@
+"""apply_status: the ONE function that moves a transaction's status, for every caller.
+
+It consults the pure transition table, writes the move as a compare-and-set UPDATE on
+the old status, records a timeline line whatever the outcome, and lets only the caller
+whose UPDATE won mark the order paid, fulfill it and emit the realtime update, after the
+commit. Races between webhooks, polls, ops and processes resolve in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy import bindparam, select
+
+from app.domain.status import Decision, Outcome, Status, decide
+from app.extensions import db
+from app.metrics import STATUS_MOVES
+from app.models import Order, OrderStatus, Transaction
+from app.models.clock import utcnow
+from app.services import timeline
+from app.services.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+# The writes of a move as Core statements built once: they run on every webhook, poll and
+# ops action, and a cached statement with bound values skips the ORM's per-call work.
+_transactions, _orders = Transaction.__table__, Order.__table__
+_MOVE = (  # the compare-and-set: applies only while the row still has the status decided on
+    _transactions.update()
+    .where(_transactions.c.id == bindparam("tx_id"), _transactions.c.status == bindparam("from_status"))
+    .values(status=bindparam("to_status"), updated_at=bindparam("now"), next_check_at=None, lease_until=None)
+)
+_PAY_ORDER = (  # the order is paid once: only while it is still open
+    _orders.update()
+    .where(_orders.c.id == bindparam("order_id"), _orders.c.status == OrderStatus.OPEN.value)
+    .values(status=OrderStatus.PAID.value, paid_transaction_id=bindparam("tx_id"), paid_at=bindparam("now"),
+            updated_at=bindparam("now"), fulfillment_claimed_at=bindparam("now"),
+            fulfillment_attempts=_orders.c.fulfillment_attempts + 1)
+)
+_FLAG = (
+    _transactions.update()
+    .where(_transactions.c.id == bindparam("tx_id"))
+    .values(needs_review=True, review_reason=bindparam("reason"), reviewed_at=None, reviewed_by=None)
+)
+
+
+@dataclass(frozen=True)
+class TxState:
+    """What a move needs to know of a transaction, read in one round trip."""
+
+    id: str
+    order_id: str
+    status: Status
+    amount: int
+    currency: str
+
+
+_READ = select(_transactions.c.id, _transactions.c.order_id, _transactions.c.status, _transactions.c.amount,
+               _transactions.c.currency).where(_transactions.c.id == bindparam("tx_id"))
+
+
+def read_state(transaction_id: str) -> TxState | None:
+    """The transaction's current state as the database has it now, or None when unknown."""
+    if not transaction_id or len(transaction_id) > 40:
+        return None
+    row = db.session.connection().execute(_READ, {"tx_id": transaction_id}).first()
+    return None if row is None else TxState(row.id, row.order_id, Status(row.status), row.amount, row.currency)
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    transaction_id: str
+    decision: Decision
+    order_paid: bool = False  # this move made the order paid (so this caller fulfills it)
+    flagged: str | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.decision.outcome == Outcome.APPLIED
+
+
+def _mark_order_paid(tx: TxState, now) -> str | None:
+    """Pay the order with ``tx`` unless another transaction already did; returns a flag reason.
+
+    The winner also takes the order's fulfillment claim in the same UPDATE, so the handler
+    runs right after the commit without a second round trip.
+    """
+    won = db.session.connection().execute(_PAY_ORDER, {"order_id": tx.order_id, "tx_id": tx.id, "now": now}).rowcount
+    if won == 1:
+        return None
+    paid_by = db.session.scalar(select(Order.paid_transaction_id).where(Order.id == tx.order_id))
+    return None if paid_by == tx.id else "duplicate_payment_refund_owed"
+
+
+def flag_for_review(tx_id: str, reason: str) -> None:
+    """Set the needs-review flag (in the caller's database transaction)."""
+    db.session.connection().execute(_FLAG, {"tx_id": tx_id, "reason": reason})
+
+
+def apply_status(
+    transaction_id: str,
+    target: Status,
+    *,
+    source: str,
+    summary: str = "",
+    detail: dict | None = None,
+    actor: str | None = None,
+    before_commit: Callable[[Decision], None] | None = None,
+    known: TxState | None = None,
+) -> MoveResult:
+    """Move the transaction to ``target`` if the table allows it, and commit.
+
+    Joins the caller's open database transaction (so a webhook's dedup row commits with
+    the move); ``before_commit`` lets the caller add its own rows to that commit, and
+    ``known`` spares a read the caller just made. Returns what happened; raises
+    ServiceError 404 for an unknown transaction.
+    """
+    for attempt in range(10):
+        # The caller's read may be stale by now: the compare-and-set below catches that, and
+        # every retry reads the row afresh.
+        tx = known if attempt == 0 and known is not None else read_state(transaction_id)
+        if tx is None:
+            raise ServiceError(404, "transaction_not_found", "No transaction has that id.")
+        current = tx.status
+        decision = decide(current, target)
+        if decision.outcome != Outcome.APPLIED:
+            timeline.record(
+                tx.id, "status", source, summary or f"{decision.outcome.value}: {current} -> {target}",
+                outcome=decision.outcome.value, from_status=current, to_status=target, detail=detail, actor=actor,
+            )
+            if before_commit:
+                before_commit(decision)
+            db.session.commit()
+            log.info("txn=%s status %s->%s %s (source=%s)", transaction_id, current, target, decision.outcome,
+                     source)
+            STATUS_MOVES.labels(source, target.value, decision.outcome.value).inc()
+            return MoveResult(transaction_id, decision)
+
+        now = utcnow()
+        moved = db.session.connection().execute(
+            _MOVE, {"tx_id": tx.id, "from_status": current.value, "to_status": target.value, "now": now}
+        ).rowcount
+        if moved != 1:
+            continue  # another writer moved it first: read again and decide again
+
+        flag = decision.flag_reason
+        order_paid = False
+        if target == Status.SUCCESS:
+            duplicate = _mark_order_paid(tx, now)
+            order_paid = duplicate is None
+            flag = duplicate or flag
+        if flag:
+            flag_for_review(tx.id, flag)
+            timeline.record(tx.id, "flag", source, f"flagged for review: {flag}", outcome="flagged", actor=actor)
+        timeline.record(
+            tx.id, "status", source, summary or f"status {current} -> {target}",
+            outcome=Outcome.APPLIED.value, from_status=current, to_status=target, detail=detail, actor=actor,
+        )
+        if before_commit:
+            before_commit(decision)
+        order_id = tx.order_id  # read before the commit expires the object (no reload after it)
+        db.session.commit()
+        log.info("txn=%s status %s->%s applied (source=%s%s)", transaction_id, current, target, source,
+                 f", flagged={flag}" if flag else "")
+        STATUS_MOVES.labels(source, target.value, Outcome.APPLIED.value).inc()
+
+        from app.realtime import notify_status  # realtime imports services; keep the cycle lazy
+
+        notify_status(transaction_id, target.value)
+        if order_paid:
+            from app.services.fulfillment import run_claimed
+
+            run_claimed(order_id, transaction_id, now, source=source)
+        return MoveResult(transaction_id, decision, order_paid=order_paid, flagged=flag)
+    raise RuntimeError(f"status of {transaction_id} kept changing under apply_status")

@@ -1,0 +1,119 @@
+"""Receiving the gateway's webhooks: verify, deduplicate, check the money, move the status."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from typing import Callable
+
+from sqlalchemy.exc import IntegrityError
+
+from app.extensions import db
+from app.gateways.base import VerifiedEvent, WebhookRejected
+from app.gateways.registry import get_gateway
+from app.metrics import WEBHOOKS
+from app.models import WebhookEvent, WebhookRejection
+from app.models.clock import utcnow
+from app.services import timeline
+from app.services.gateway_reports import MISMATCH, apply_report
+from app.services.status_moves import read_state
+
+log = logging.getLogger(__name__)
+STATUS_EVENT = "payment.status_changed"
+DEDUP_KEY = "uq_webhook_events_gateway_webhook_id"
+_INSERT_EVENT = WebhookEvent.__table__.insert()
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    """How a delivery was handled; ``accepted`` False means answer 400."""
+
+    accepted: bool
+    outcome: str
+    message: str
+
+
+def _reject(exc: WebhookRejected, body: bytes, remote_addr: str | None) -> WebhookOutcome:
+    db.session.add(WebhookRejection(
+        gateway=get_gateway().name, webhook_id=(exc.webhook_id or "")[:255] or None, reason=exc.reason,
+        remote_addr=remote_addr, body_excerpt=body[:500].decode("utf-8", "replace").replace("\x00", ""),
+    ))
+    db.session.commit()
+    log.warning("webhook rejected: %s (webhook-id=%s)", exc.reason, exc.webhook_id)
+    WEBHOOKS.labels("rejected").inc()
+    return WebhookOutcome(False, exc.reason, exc.message)
+
+
+def _payload_summary(event: VerifiedEvent) -> dict:
+    """What the timeline keeps of a payload: the event fields, nothing else."""
+    return {
+        "type": event.event_type,
+        "webhook_id": event.webhook_id,
+        "transaction_id": event.transaction_id,
+        "session_id": event.session_id,
+        "status": event.status.value if event.status else None,
+        "amount": event.amount,
+        "currency": event.currency,
+    }
+
+
+def receive(headers, body: bytes, remote_addr: str | None = None) -> WebhookOutcome:
+    """Handle one delivery. Verification happens on the raw body before any database work."""
+    gateway = get_gateway()
+    try:
+        event = gateway.verify_webhook(headers, body)
+    except WebhookRejected as exc:
+        return _reject(exc, body, remote_addr)
+
+    summary = _payload_summary(event)
+
+    def store(outcome: str) -> None:
+        """Record the delivery in the same database transaction as what it caused, just
+        before that commits; a second copy of the delivery fails here, on the unique key."""
+        db.session.connection().execute(_INSERT_EVENT, {
+            "gateway": gateway.name, "webhook_id": event.webhook_id, "transaction_id": event.transaction_id,
+            "event_type": event.event_type, "status": summary["status"], "amount": event.amount,
+            "currency": event.currency, "outcome": outcome, "payload": summary, "received_at": utcnow(),
+        })
+
+    try:
+        outcome = _apply(event, summary, store)
+    except IntegrityError as exc:
+        db.session.rollback()
+        if "webhook_events" not in str(exc.orig) and DEDUP_KEY not in str(exc.orig):
+            raise
+        log.info("webhook %s duplicate, ignored", event.webhook_id)
+        WEBHOOKS.labels("duplicate").inc()
+        return WebhookOutcome(True, "duplicate", "Already received.")
+    WEBHOOKS.labels(outcome).inc()
+    return WebhookOutcome(True, outcome, "Received.")
+
+
+def _apply(event: VerifiedEvent, summary: dict, store: Callable[[str], None]) -> str:
+    """Act on a verified event and ``store`` the delivery before committing; returns the outcome.
+
+    A delivery seen before makes ``store`` raise IntegrityError, which rolls all of it back.
+    """
+    tx = read_state(event.transaction_id) if event.transaction_id else None
+    if tx is None:
+        store("unknown_transaction")
+        db.session.commit()
+        log.info("webhook %s for unknown transaction %s acknowledged", event.webhook_id, event.transaction_id)
+        return "unknown_transaction"
+    if event.event_type != STATUS_EVENT or event.status is None:
+        timeline.record(tx.id, "webhook", "webhook", f"webhook {event.event_type} ignored", outcome="ignored",
+                        detail=summary)
+        store("ignored")
+        db.session.commit()
+        return "ignored"
+    timeline.record(tx.id, "webhook", "webhook", f"webhook: gateway says {event.status.value}", outcome="ok",
+                    detail=summary)
+
+    def outcome_of(decision) -> str:
+        return MISMATCH if decision.flag_reason == MISMATCH else decision.outcome.value
+
+    result = apply_report(tx.id, event.status, event.amount, event.currency, source="webhook",
+                          detail={"webhook_id": event.webhook_id, **summary},
+                          before_commit=lambda decision: store(outcome_of(decision)), known=tx)
+    return outcome_of(result.decision)

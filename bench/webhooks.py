@@ -1,0 +1,81 @@
+"""Webhook throughput: the real /payment-callback against a bare verify-and-UPDATE endpoint.
+
+Starts gunicorn on PostgreSQL, creates N pending transactions for each side, sends one signed
+success webhook per transaction with 32 concurrent clients, and prints both throughputs, the
+ratio and p50/p99. Target ratio: at least 0.7.  Usage: python -m bench.webhooks [--n 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+
+import sqlalchemy as sa
+
+from app.gateways.signing import sign
+from bench.harness import fresh_database, gunicorn, migrate, ratio_line, run_load
+from config import DEV_WEBHOOK_SECRET
+
+
+def seed_pending(database_url: str, prefix: str, n: int) -> list[str]:
+    """N open orders with one pending transaction each; returns the transaction ids."""
+    engine = sa.create_engine(database_url)
+    ids = [f"txn_{prefix}{i:07d}{uuid.uuid4().hex[:8]}" for i in range(n)]
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO orders (id, status, total, currency, access_code, fulfillment_attempts, created_at, "
+            "updated_at) VALUES (:o, 'open', 1999, 'USD', 'CODE', 0, now(), now())"),
+            [{"o": f"ord_{t}"[:40]} for t in ids])
+        conn.execute(sa.text(
+            "INSERT INTO transactions (id, order_id, amount, currency, status, gateway, expires_at, needs_review, "
+            "refunded_amount, check_attempts, created_at, updated_at) VALUES (:t, :o, 1999, 'USD', 'pending', "
+            "'sandbox', now() + interval '30 minutes', false, 0, 0, now(), now())"),
+            [{"t": t, "o": f"ord_{t}"[:40]} for t in ids])
+    engine.dispose()
+    return ids
+
+
+def webhook_jobs(url: str, ids: list[str]):
+    def job_for(tx_id):
+        body = json.dumps({"type": "payment.status_changed", "timestamp": "2026-01-01T00:00:00Z",
+                           "data": {"transaction_id": tx_id, "session_id": "cs_x", "status": "success",
+                                    "amount": 1999, "currency": "USD"}}).encode()
+        headers = {**sign(DEV_WEBHOOK_SECRET, f"msg_{uuid.uuid4().hex}", body).as_dict(),
+                   "Content-Type": "application/json"}
+        return lambda s: s.post(url, data=body, headers=headers, timeout=30).status_code == 200
+
+    return [job_for(t) for t in ids]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, the same for both sides")
+    args = parser.parse_args()
+    database_url = fresh_database("checkout_bench_webhooks")
+    migrate(database_url)
+    env = {"DATABASE_URL": database_url, "PAYMENT_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET}
+    real_ids, bare_ids, warm_ids = (seed_pending(database_url, p, n) for p, n in
+                                    (("r", args.n), ("b", args.n), ("w", 100)))
+    with gunicorn("wsgi:app", env, args.workers) as app_url, \
+            gunicorn("bench.baseline:app", env, args.workers) as bare_url:
+        run_load("warm-up", webhook_jobs(app_url + "/payment-callback", warm_ids[:50]), args.concurrency)
+        run_load("warm-up", webhook_jobs(bare_url + "/bare/webhook", warm_ids[50:]), args.concurrency)
+        bare = run_load("bare verify+UPDATE", webhook_jobs(bare_url + "/bare/webhook", bare_ids), args.concurrency)
+        real = run_load("POST /payment-callback", webhook_jobs(app_url + "/payment-callback", real_ids),
+                        args.concurrency)
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        fulfilled = conn.scalar(sa.text("SELECT count(*) FROM orders WHERE status='fulfilled' AND id LIKE 'ord_txn_r%'"))
+    engine.dispose()
+    print(f"webhooks: n={args.n} concurrency={args.concurrency} (gunicorn gevent, {args.workers} worker(s), PostgreSQL)")
+    print(bare.line())
+    print(real.line())
+    print(f"orders fulfilled by the real run: {fulfilled} of {args.n}")
+    print(ratio_line("webhooks", real, bare, 0.7))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Configuration, read from the environment once (a `.env` file may supply it).
+
+Config is development, TestConfig the test suite, ProductionConfig refuses to start
+without real secrets. Nothing else in the project reads os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent
+INSTANCE_DIR = BASE_DIR / "instance"
+load_dotenv(BASE_DIR / ".env")
+
+# Development defaults shared by the app and the built-in sandbox gateway so that
+# `make run` works with no configuration at all. Production refuses them.
+DEV_GATEWAY_API_KEY = "sk_sandbox_development_key"
+DEV_WEBHOOK_SECRET = "whsec_c2FuZGJveC1kZXZlbG9wbWVudC13ZWJob29rLXNlY3JldA=="
+DEV_SANDBOX_URL = "http://127.0.0.1:5001"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = _env(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(name: str, default: int) -> int:
+    value = _env(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"configuration error: {name} must be a whole number, got {value!r}") from None
+
+
+class Config:
+    """Development configuration: SQLite file and the built-in sandbox gateway."""
+
+    ENV_NAME = "development"
+    SECRET_KEY = _env("SECRET_KEY") or secrets.token_hex(32)
+    SQLALCHEMY_DATABASE_URI = _env("DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'checkout.db'}")
+    # A pool larger than SQLAlchemy's default 5+10: one gevent worker serves many requests at once.
+    SQLALCHEMY_ENGINE_OPTIONS: dict = (
+        {} if SQLALCHEMY_DATABASE_URI.startswith("sqlite")
+        else {"pool_pre_ping": True, "pool_size": 20, "max_overflow": 20}
+    )
+    PUBLIC_BASE_URL = (_env("PUBLIC_BASE_URL", "http://127.0.0.1:5000") or "").rstrip("/")
+
+    PAYMENT_GATEWAY = _env("PAYMENT_GATEWAY", "sandbox")
+    PAYMENT_GATEWAY_URL = (_env("PAYMENT_GATEWAY_URL", DEV_SANDBOX_URL) or "").rstrip("/")
+    PAYMENT_GATEWAY_API_KEY = _env("PAYMENT_GATEWAY_API_KEY", DEV_GATEWAY_API_KEY)
+    # Several secrets may be given separated by spaces while rotating; the first signs nothing
+    # here (the gateway signs), all of them are accepted when verifying.
+    PAYMENT_WEBHOOK_SECRET = _env("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
+    PAYMENT_STATUS_CHECK_AFTER = _int("PAYMENT_STATUS_CHECK_AFTER", 900)
+    PAYMENT_EXPIRES_AFTER = _int("PAYMENT_EXPIRES_AFTER", 1800)
+    # Gateway HTTP: per-attempt timeouts and retries, bounded to stay well under 30 s in all.
+    GATEWAY_CONNECT_TIMEOUT = 2.0
+    GATEWAY_READ_TIMEOUT = 4.0
+    GATEWAY_RETRIES = 3
+    GATEWAY_BACKOFF = 0.5
+    GATEWAY_TOTAL_BUDGET = 30.0
+
+    SCHEDULER_ENABLED = _flag("SCHEDULER_ENABLED", True)
+    SCHEDULER_INTERVAL = _int("SCHEDULER_INTERVAL", 60)
+    REDIS_URL = _env("REDIS_URL")
+    # The Redis pub/sub channel Socket.IO processes share; apps sharing one Redis need their own.
+    SOCKETIO_CHANNEL = _env("SOCKETIO_CHANNEL", "flask-socketio")
+    RATELIMIT_ENABLED = _flag("RATELIMIT_ENABLED", True)
+    # Per client address; Flask-Limiter keeps the counters in Redis when REDIS_URL is set.
+    RATELIMIT_ORDERS = _env("RATELIMIT_ORDERS", "30/minute")
+    RATELIMIT_INITIATE = _env("RATELIMIT_INITIATE", "30/minute")
+    RATELIMIT_LOGIN = _env("RATELIMIT_LOGIN", "10/minute")
+    RATELIMIT_LOOKUP = _env("RATELIMIT_LOOKUP", "10/minute")
+    RATELIMIT_WEBHOOK_FAILURES = _env("RATELIMIT_WEBHOOK_FAILURES", "60/minute")
+    RATELIMIT_HEADERS_ENABLED = True
+    # Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (0: none).
+    PROXY_FIX_HOPS = _int("PROXY_FIX_HOPS", 0)
+    # prometheus_client's multiprocess directory (it reads the variable itself too).
+    PROMETHEUS_MULTIPROC_DIR = _env("PROMETHEUS_MULTIPROC_DIR")
+    FULFILLMENT_HANDLER = _env("FULFILLMENT_HANDLER", "app.services.fulfillment:log_fulfillment")
+    # How long a fulfillment claim is held before another process may retry a crashed one.
+    FULFILLMENT_LEASE_SECONDS = _int("FULFILLMENT_LEASE_SECONDS", 900)
+
+    # Socket.IO: "threading" for the dev server and gthread; wsgi.py sets "gevent" under gevent.
+    SOCKETIO_ASYNC_MODE = _env("SOCKETIO_ASYNC_MODE", "threading")
+
+    # Built-in sandbox gateway (contract 4a).
+    SANDBOX_API_KEY = _env("SANDBOX_API_KEY", DEV_GATEWAY_API_KEY)
+    SANDBOX_WEBHOOK_SECRET = _env("SANDBOX_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
+    SANDBOX_DATABASE_URL = _env("SANDBOX_DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'sandbox.db'}")
+
+    MAX_CONTENT_LENGTH = 64 * 1024
+    JSON_SORT_KEYS = False
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False  # create_app turns it on when PUBLIC_BASE_URL is https
+    REMEMBER_COOKIE_SECURE = False
+    WTF_CSRF_TIME_LIMIT = None
+    IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+    WEBHOOK_REJECTION_RETENTION_DAYS = _int("WEBHOOK_REJECTION_RETENTION_DAYS", 30)
+    LOG_LEVEL = _env("LOG_LEVEL", "INFO")
+
+
+class TestConfig(Config):
+    """The test suite: no scheduler, no rate limits; each test supplies its database."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+    SECRET_KEY = "test-secret-key"
+    SCHEDULER_ENABLED = False
+    RATELIMIT_ENABLED = False
+    REDIS_URL = None
+    PUBLIC_BASE_URL = "http://127.0.0.1:5000"
+    PAYMENT_GATEWAY_URL = "http://gateway.test"
+    PAYMENT_GATEWAY_API_KEY = DEV_GATEWAY_API_KEY
+    PAYMENT_WEBHOOK_SECRET = DEV_WEBHOOK_SECRET
+    PAYMENT_STATUS_CHECK_AFTER = 900
+    PAYMENT_EXPIRES_AFTER = 1800
+    GATEWAY_BACKOFF = 0.0
+    FULFILLMENT_HANDLER = "app.services.fulfillment:log_fulfillment"
+
+
+class ProductionConfig(Config):
+    """Production: refuses to start on development secrets or SQLite."""
+
+    ENV_NAME = "production"
+    PROXY_FIX_HOPS = _int("PROXY_FIX_HOPS", 1)
+    SESSION_COOKIE_SECURE = True
+    REMEMBER_COOKIE_SECURE = True
+
+    @classmethod
+    def problems(cls) -> list[str]:
+        """What stops this configuration from serving real money, as sentences."""
+        found = []
+        if not _env("SECRET_KEY"):
+            found.append("SECRET_KEY must be set.")
+        if not _env("DATABASE_URL") or cls.SQLALCHEMY_DATABASE_URI.startswith("sqlite"):
+            found.append("DATABASE_URL must point at PostgreSQL, not SQLite.")
+        if cls.PAYMENT_GATEWAY_API_KEY == DEV_GATEWAY_API_KEY:
+            found.append("PAYMENT_GATEWAY_API_KEY must be the real gateway key.")
+        if cls.PAYMENT_WEBHOOK_SECRET == DEV_WEBHOOK_SECRET:
+            found.append("PAYMENT_WEBHOOK_SECRET must be the real webhook secret.")
+        if cls.PAYMENT_GATEWAY_URL == DEV_SANDBOX_URL:
+            found.append("PAYMENT_GATEWAY_URL must be the real gateway.")
+        return found
+
+
+CONFIGS = {"development": Config, "testing": TestConfig, "production": ProductionConfig}
+
+
+def config_by_name(name: str | None = None) -> type[Config]:
+    """The configuration class named by APP_ENV (development when unset)."""
+    return CONFIGS.get((name or _env("APP_ENV", "development")).lower(), Config)

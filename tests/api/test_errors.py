@@ -1,0 +1,79 @@
+"""Every error is JSON on the JSON routes, HTML elsewhere; never a stack trace."""
+
+import pytest
+
+
+@pytest.mark.parametrize("path", ["/api/orders", "/initiate-payment"])
+def test_non_json_body_is_415(client, path):
+    response = client.post(path, data="order_id=x", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+    assert response.get_json()["error"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("path", ["/api/orders", "/initiate-payment"])
+def test_malformed_json_is_400(client, path):
+    response = client.post(path, data="{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "malformed_json", "message": "The request body is not valid JSON."}
+
+
+def test_wrong_method_is_405_json(client):
+    response = client.delete("/api/products")
+    assert response.status_code == 405
+    assert response.get_json()["error"] == "method_not_allowed"
+    assert "GET" in response.headers["Allow"]
+
+
+def test_unknown_api_path_is_json_404(client):
+    response = client.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "not_found"
+
+
+def test_unknown_page_is_html_404_unless_json_is_preferred(client):
+    page = client.get("/nothing-here", headers={"Accept": "text/html"})
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    assert b"Page not found" in page.data
+    json_404 = client.get("/nothing-here", headers={"Accept": "application/json"})
+    assert json_404.status_code == 404 and json_404.get_json()["error"] == "not_found"
+
+
+def test_oversized_body_is_413(client):
+    response = client.post("/initiate-payment", data="x" * (65 * 1024), content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "payload_too_large"
+
+
+def test_unexpected_fault_is_500_json_without_a_trace(app, client, monkeypatch, caplog):
+    from app.services import catalog
+
+    def explode():
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(catalog, "list_products", explode)
+    response = client.get("/api/products")
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["error"] == "internal_error"
+    assert "secret internals" not in response.get_data(as_text=True)
+    assert body["reference"] in caplog.text
+
+
+@pytest.mark.parametrize("method,path,kwargs", [
+    ("post", "/initiate-payment", {"json": {"order_id": "ord_\u0000x"}}),
+    ("post", "/api/orders", {"json": {"items": [{"sku": "TEE\u0000", "quantity": 1}]}}),
+    ("get", "/check-payment-status/txn_%00abc", {}),
+    ("get", "/api/orders/ord_%00abc", {}),
+    ("get", "/api/products?x=%00", {}),
+    ("post", "/initiate-payment", {"json": {"order_id": "ord_x"}, "headers": {"Idempotency-Key": "k\u0000"}}),
+])
+def test_nul_characters_are_refused_clearly_on_every_database(client, method, path, kwargs):
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code in (400, 422)
+    assert response.get_json()["error"] in ("invalid_characters", "validation_error")
+
+
+def test_nul_in_a_page_form_is_refused(client):
+    response = client.post("/payment-status", data={"order_id": "ord_\u0000", "access_code": "x"},
+                           headers={"Accept": "text/html"})
+    assert response.status_code == 400

@@ -1,0 +1,157 @@
+"""Contract section 3: initiate-payment and check-payment-status."""
+
+import json
+
+import pytest
+import requests
+import responses
+
+from tests.conftest import GATEWAY, open_sessions, place_order, post_webhook, start_payment, status_event
+
+
+def test_initiate_stores_a_pending_transaction_with_the_order_amount(client, gateway):
+    open_sessions(gateway)
+    order = place_order(client, [("TEE-BLACK", 2)])
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["status"] == "pending"
+    assert body["payment_url"] == f"{GATEWAY}/pay/cs_{body['transaction_id']}"
+    assert body["status_url"].endswith(f"/check-payment-status/{body['transaction_id']}")
+    assert body["expires_at"].endswith("Z")
+    sent = json.loads(gateway.calls[0].request.body)
+    assert sent["amount"] == 3998 and sent["currency"] == "USD"
+    assert sent["transaction_id"] == body["transaction_id"]
+    assert gateway.calls[0].request.headers["Idempotency-Key"] == body["transaction_id"]
+    assert gateway.calls[0].request.headers["Authorization"].startswith("Bearer ")
+    assert sent["callback_url"].endswith("/payment-callback")
+
+
+def test_transaction_ids_are_long_and_random(client, gateway):
+    ids = {start_payment(client, gateway, place_order(client)["order_id"])["transaction_id"] for _ in range(5)}
+    assert len(ids) == 5
+    assert all(len(i) >= 20 and not i.split("_", 1)[1].isdigit() for i in ids)
+
+
+def test_amount_from_the_browser_must_match(client, gateway):
+    open_sessions(gateway)
+    order = place_order(client)
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"], "amount": 1})
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "amount_mismatch"
+    assert len(gateway.calls) == 0
+    same = client.post("/initiate-payment", json={"order_id": order["order_id"], "amount": order["total"]})
+    assert same.status_code == 201
+
+
+def test_unknown_order_is_404(client, gateway):
+    response = client.post("/initiate-payment", json={"order_id": "ord_missing"})
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "order_not_found"
+
+
+@pytest.mark.parametrize("body", [{"order_id": 5}, {"order_id": "x", "amount": "1999"},
+                                  {"order_id": "x", "amount": 19.99}, {}, {"amount": 1}])
+def test_wrong_types_are_422(client, body):
+    response = client.post("/initiate-payment", json=body)
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "validation_error"
+
+
+def test_pending_transaction_is_reused_without_a_second_session(client, gateway):
+    order = place_order(client)
+    first = start_payment(client, gateway, order["order_id"])
+    again = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert again.status_code == 200
+    assert again.get_json()["transaction_id"] == first["transaction_id"]
+    assert again.get_json()["payment_url"] == first["payment_url"]
+    assert len([c for c in gateway.calls if c.request.url.endswith("/create-session")]) == 1
+
+
+def test_paid_order_is_409(client, gateway):
+    order = place_order(client)
+    tx = start_payment(client, gateway, order["order_id"])
+    assert post_webhook(client, status_event(tx["transaction_id"], "success", order["total"])).status_code == 200
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "order_already_paid"
+
+
+def test_idempotency_key_replays_the_same_answer(client, gateway):
+    open_sessions(gateway)
+    order = place_order(client)
+    headers = {"Idempotency-Key": "key-123"}
+    first = client.post("/initiate-payment", json={"order_id": order["order_id"]}, headers=headers)
+    # The order gets paid in between: the replay still gives the first answer.
+    post_webhook(client, status_event(first.get_json()["transaction_id"], "success", order["total"]))
+    second = client.post("/initiate-payment", json={"order_id": order["order_id"]}, headers=headers)
+    assert (second.status_code, second.get_json()) == (first.status_code, first.get_json()) == (201, first.get_json())
+    reused = client.post("/initiate-payment", json={"order_id": order["order_id"], "amount": 1999}, headers=headers)
+    assert reused.status_code == 422
+    assert reused.get_json()["error"] == "idempotency_key_reused"
+
+
+def test_idempotency_key_replays_refusals_too(client, gateway):
+    headers = {"Idempotency-Key": "k-404"}
+    first = client.post("/initiate-payment", json={"order_id": "ord_missing"}, headers=headers)
+    second = client.post("/initiate-payment", json={"order_id": "ord_missing"}, headers=headers)
+    assert first.status_code == second.status_code == 404
+    assert first.get_json() == second.get_json()
+
+
+def test_idempotency_key_longer_than_255_is_refused(client, gateway):
+    order = place_order(client)
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"]},
+                           headers={"Idempotency-Key": "k" * 256})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_idempotency_key"
+
+
+def test_gateway_down_gives_502_and_a_failed_transaction(client, gateway):
+    gateway.add(responses.POST, f"{GATEWAY}/create-session", body=requests.ConnectionError("refused"))
+    order = place_order(client)
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert response.status_code == 502
+    body = response.get_json()
+    assert body["error"] == "gateway_unavailable"
+    status = client.get(f"/check-payment-status/{body['transaction_id']}").get_json()
+    assert status["status"] == "failure"
+    # Every attempt carried the same gateway idempotency key: the transaction id.
+    keys = {c.request.headers["Idempotency-Key"] for c in gateway.calls}
+    assert keys == {body["transaction_id"]}
+    # A later call starts a new transaction.
+    gateway.replace(responses.POST, f"{GATEWAY}/create-session",
+                    json={"session_id": "cs_new", "payment_url": f"{GATEWAY}/pay/cs_new"})
+    retry = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert retry.status_code == 201
+    assert retry.get_json()["transaction_id"] != body["transaction_id"]
+
+
+def test_gateway_5xx_is_retried_with_the_same_key_then_succeeds(client, gateway):
+    gateway.add(responses.POST, f"{GATEWAY}/create-session", status=503, json={"error": "busy"})
+    gateway.add(responses.POST, f"{GATEWAY}/create-session", status=429, json={"error": "slow down"})
+    gateway.add(responses.POST, f"{GATEWAY}/create-session", json={"session_id": "cs_1", "payment_url": "u"})
+    order = place_order(client)
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert response.status_code == 201
+    assert len(gateway.calls) == 3
+    assert len({c.request.headers["Idempotency-Key"] for c in gateway.calls}) == 1
+
+
+def test_gateway_5xx_forever_gives_502_after_bounded_retries(client, gateway):
+    gateway.add(responses.POST, f"{GATEWAY}/create-session", status=500, json={})
+    order = place_order(client)
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert response.status_code == 502
+    assert len(gateway.calls) == 4  # the first try and three retries
+
+
+def test_check_status_shape_and_404(client, gateway):
+    order = place_order(client)
+    tx = start_payment(client, gateway, order["order_id"])
+    body = client.get(f"/check-payment-status/{tx['transaction_id']}").get_json()
+    assert set(body) == {"transaction_id", "order_id", "status", "amount", "currency", "updated_at"}
+    assert (body["status"], body["amount"], body["order_id"]) == ("pending", 1999, order["order_id"])
+    missing = client.get("/check-payment-status/txn_missing")
+    assert missing.status_code == 404
+    assert missing.get_json()["error"] == "transaction_not_found"

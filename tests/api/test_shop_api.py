@@ -1,0 +1,71 @@
+"""Contract section 2: products and orders."""
+
+import pytest
+
+from tests.conftest import place_order
+
+
+def test_products_list_the_demo_catalog(client):
+    response = client.get("/api/products")
+    assert response.status_code == 200
+    products = response.get_json()
+    assert {"sku", "name", "price", "currency"} <= set(products[0])
+    assert all(isinstance(p["price"], int) for p in products)
+    assert "TEE-BLACK" in {p["sku"] for p in products}
+
+
+def test_order_total_comes_from_the_catalog(client):
+    order = place_order(client, [("TEE-BLACK", 2), ("MUG-ENAMEL", 1)])
+    assert order["status"] == "open"
+    assert order["total"] == 2 * 1999 + 1250
+    assert order["currency"] == "USD"
+    assert {i["sku"]: i["quantity"] for i in order["items"]} == {"TEE-BLACK": 2, "MUG-ENAMEL": 1}
+
+
+def test_order_can_be_read_back(client):
+    order = place_order(client)
+    response = client.get(f"/api/orders/{order['order_id']}")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body == {"order_id": order["order_id"], "status": "open", "total": 1999, "currency": "USD",
+                    "paid_transaction_id": None, "fulfilled_at": None}
+
+
+def test_unknown_order_is_404(client):
+    response = client.get("/api/orders/ord_nope")
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "order_not_found"
+
+
+@pytest.mark.parametrize("body", [
+    {"items": []},
+    {"items": [{"sku": "NOPE", "quantity": 1}]},
+    {"items": [{"sku": "TEE-BLACK", "quantity": 0}]},
+    {"items": [{"sku": "TEE-BLACK", "quantity": 100}]},
+    {"items": [{"sku": "TEE-BLACK", "quantity": "2"}]},
+    {"items": [{"sku": "TEE-BLACK", "quantity": 1.5}]},
+    {"items": [{"sku": "TEE-BLACK", "quantity": True}]},
+    {"items": [{"sku": 12, "quantity": 1}]},
+    {"items": [{"sku": "TEE-BLACK", "quantity": 60}, {"sku": "TEE-BLACK", "quantity": 60}]},
+    {"items": "TEE-BLACK"},
+    {},
+    [],
+])
+def test_bad_orders_are_422_with_the_error_shape(client, body):
+    response = client.post("/api/orders", json=body)
+    assert response.status_code == 422
+    data = response.get_json()
+    assert isinstance(data["error"], str) and isinstance(data["message"], str)
+
+
+def test_mixed_currencies_are_refused(client, app):
+    from app.extensions import db
+    from app.models import Product
+
+    with app.app_context():
+        db.session.add(Product(sku="EUR-THING", name="Euro thing", price=500, currency="EUR"))
+        db.session.commit()
+    response = client.post("/api/orders", json={"items": [{"sku": "TEE-BLACK", "quantity": 1},
+                                                          {"sku": "EUR-THING", "quantity": 1}]})
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "mixed_currencies"

@@ -1,0 +1,299 @@
+"""A shopper in Chromium against the live app and the sandbox gateway (issue 4's acceptance)."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.browser
+
+SUCCESS_CARD = "4242 4242 4242 4242"
+DECLINED_CARD = "4000 0000 0000 0002"
+CONFIRM_CARD = "4000 0000 0000 3220"  # an extra confirmation page: Complete or Fail
+SETTLE_LATER_CARD = "4000 0000 0000 0077"  # pending for SANDBOX_PENDING_SECONDS (2 in `live`), then success
+TX_URL = re.compile(r"/payment/(txn_[\w-]+)$")
+
+
+def screen(page, name: str):
+    return page.locator(f'#payment [data-screen="{name}"]')
+
+
+def checkout(page, context, items=(("TEE-BLACK", 1),)):
+    """Fill the cart, check out and press Pay; returns (gateway tab, transaction id)."""
+    page.goto("/")
+    for sku, quantity in items:
+        page.get_by_label(re.compile("^Quantity")).and_(page.locator(f"#qty-{sku}")).fill(str(quantity))
+    page.get_by_role("button", name="Check out").click()
+    page.wait_for_url(re.compile(r"/checkout/ord_"))
+    return press_pay(page, context, page.get_by_role("button", name=re.compile("^Pay ")))
+
+
+def press_pay(page, context, button):
+    """Press a Pay (or Try again) button: the gateway opens in a new tab, this tab waits."""
+    before = page.url
+    with context.expect_page() as opened:
+        button.click()
+    gateway_tab = opened.value
+    page.wait_for_url(lambda url: bool(TX_URL.search(url)) and url != before)
+    gateway_tab.wait_for_load_state()
+    assert screen(page, "pending").is_visible()
+    return gateway_tab, TX_URL.search(page.url).group(1)
+
+
+def pay_with(gateway_tab, card: str) -> None:
+    gateway_tab.fill("#card_number", card)
+    gateway_tab.fill("#expiry", "12/39")
+    gateway_tab.fill("#cvc", "123")
+    gateway_tab.fill("#name", "Ada Lovelace")
+    gateway_tab.get_by_role("button", name="Pay", exact=True).click()
+
+
+def mark_document(page) -> None:
+    """Tag this document; the tag survives only if the page is never reloaded."""
+    page.evaluate("window.__sameDocument = true")
+
+
+def same_document(page) -> bool:
+    return page.evaluate("window.__sameDocument === true")
+
+
+def test_success_card_shows_success_without_reload(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    polls = []
+    page.on("request", lambda r: polls.append(r.url) if "/check-payment-status/" in r.url else None)
+    gateway_tab, tx_id = checkout(page, shop_context, [("TEE-BLACK", 2), ("MUG-ENAMEL", 1)])
+    mark_document(page)
+    screenshot(page, "payment-pending")
+    pay_with(gateway_tab, SUCCESS_CARD)
+
+    success = screen(page, "success")
+    success.wait_for(state="visible")
+    assert same_document(page)
+    assert "52.48 USD" in success.inner_text()
+    assert page.locator("#payment-status").inner_text() == "Payment received. Thank you!"
+    assert page.evaluate("document.activeElement.textContent") == "Payment received"
+    assert not page.locator("#connection-note").is_visible() and polls == []  # it was the socket
+    assert page.locator("#access-code").inner_text()
+    order = requests.get(f"{live.url}/api/orders/{page.locator('#order-number').inner_text()}", timeout=5).json()
+    assert order["status"] == "fulfilled" and order["paid_transaction_id"] == tx_id
+    screenshot(page, "payment-success")
+
+
+def test_declined_card_shows_failure_then_try_again_succeeds(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    gateway_tab, first_tx = checkout(page, shop_context)
+    mark_document(page)
+    pay_with(gateway_tab, DECLINED_CARD)
+
+    failure = screen(page, "failure")
+    failure.wait_for(state="visible")
+    assert same_document(page)
+    screenshot(page, "payment-failure")
+
+    gateway_tab, second_tx = press_pay(page, shop_context, failure.get_by_role("button", name="Try again"))
+    assert second_tx != first_tx
+    pay_with(gateway_tab, SUCCESS_CARD)
+    screen(page, "success").wait_for(state="visible")
+
+
+def confirm_with(gateway_tab, button: str) -> None:
+    """Pay with the 3220 card, then press Complete or Fail on the sandbox's confirmation page."""
+    pay_with(gateway_tab, CONFIRM_CARD)
+    gateway_tab.wait_for_url(re.compile(r"/pay/[^/]+/confirm$"))
+    gateway_tab.get_by_role("button", name=button, exact=True).click()
+
+
+def test_confirmation_card_complete_shows_success_without_reload(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    gateway_tab, tx_id = checkout(page, shop_context)
+    mark_document(page)
+    confirm_with(gateway_tab, "Complete")
+
+    screen(page, "success").wait_for(state="visible")
+    assert same_document(page)
+    assert page.locator("#payment-status").inner_text() == "Payment received. Thank you!"
+    status = requests.get(f"{live.url}/check-payment-status/{tx_id}", timeout=5).json()["status"]
+    assert status == "success"
+    screenshot(page, "payment-confirm-complete")
+
+
+def test_confirmation_card_fail_shows_failure_without_reload(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    gateway_tab, tx_id = checkout(page, shop_context)
+    mark_document(page)
+    confirm_with(gateway_tab, "Fail")
+
+    screen(page, "failure").wait_for(state="visible")
+    assert same_document(page)
+    assert not screen(page, "success").is_visible()
+    status = requests.get(f"{live.url}/check-payment-status/{tx_id}", timeout=5).json()["status"]
+    assert status == "failure"
+    screenshot(page, "payment-confirm-fail")
+
+
+def test_settle_later_card_stays_pending_then_turns_to_success(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    gateway_tab, tx_id = checkout(page, shop_context)
+    mark_document(page)
+    paid_at = time.time() * 1000
+    pay_with(gateway_tab, SETTLE_LATER_CARD)
+    gateway_tab.wait_for_url(re.compile(rf"/payment/{tx_id}(\?returned=1)?$"))  # accepted, back at the shop
+
+    assert screen(page, "pending").is_visible()  # accepted, not settled: still waiting
+    screen(page, "success").wait_for(state="visible", timeout=8_000)
+    assert same_document(page)
+    shown_at = float(page.locator("#payment").get_attribute("data-final-at"))
+    assert shown_at - paid_at >= 2000  # not before the sandbox's SANDBOX_PENDING_SECONDS
+    status = requests.get(f"{live.url}/check-payment-status/{tx_id}", timeout=5).json()["status"]
+    assert status == "success"
+    screenshot(page, "payment-settled-later")
+
+
+def _utc_ms(text: str) -> float:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp() * 1000
+
+
+def test_late_webhook_turns_the_page_within_a_second_of_delivery(live, shop_context):
+    page = shop_context.new_page()
+    gateway_tab, tx_id = checkout(page, shop_context)
+    live.admin("POST", "/faults", json={"scope": tx_id, "delay_webhook_seconds": 3})
+    # This shopper closes the gateway's tab as soon as the card is taken, so they never come
+    # back through return_url: only the (late) webhook can tell the waiting page.
+    def card_taken_then_closed(route):
+        if route.request.method != "POST":
+            return route.continue_()
+        answer = route.fetch(max_redirects=0)
+        assert answer.status == 303
+        route.fulfill(status=200, content_type="text/html", body="<p>closed</p>")
+
+    gateway_tab.route(f"{live.gateway_url}/pay/*", card_taken_then_closed)
+    paid_at = time.time() * 1000
+    pay_with(gateway_tab, SUCCESS_CARD)
+
+    page.wait_for_timeout(2000)
+    assert screen(page, "pending").is_visible()  # the webhook is still held back
+    screen(page, "success").wait_for(state="visible", timeout=10_000)
+    shown_at = float(page.locator("#payment").get_attribute("data-final-at"))
+    deliveries = live.admin("GET", f"/deliveries?transaction_id={tx_id}")["deliveries"]
+    delivered = [d for d in deliveries if d["state"] == "delivered" and d["event_status"] == "success"]
+    assert len(delivered) == 1
+    delivered_at = _utc_ms(delivered[0]["delivered_at"])
+    print(f"late webhook: shown {shown_at - paid_at:.0f} ms after paying, {shown_at - delivered_at:+.0f} ms from delivery")
+    assert shown_at - paid_at >= 2500
+    assert abs(shown_at - delivered_at) <= 1000, (shown_at, delivered_at)
+
+
+def test_socket_blocked_polling_still_reaches_success(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    page.route(re.compile(r".*/socket\.io/.*"), lambda route: route.abort())
+    polls = []
+    page.on("request", lambda r: polls.append(r.url) if "/check-payment-status/" in r.url else None)
+    gateway_tab, tx_id = checkout(page, shop_context)
+    mark_document(page)
+    page.locator("#connection-note").wait_for(state="visible")
+    screenshot(page, "payment-pending-polling")
+    pay_with(gateway_tab, SUCCESS_CARD)
+
+    screen(page, "success").wait_for(state="visible", timeout=12_000)
+    assert same_document(page)
+    assert polls and all(url.endswith(f"/check-payment-status/{tx_id}") for url in polls)
+    count = len(polls)
+    page.wait_for_timeout(6000)
+    assert len(polls) == count  # final: polling stopped
+
+
+def test_back_button_while_pending_shows_the_guard_then_cancel(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.type), d.dismiss()))
+    _gateway_tab, tx_id = checkout(page, shop_context)
+    page.locator("h1").click()  # a person has interacted with the page
+    page.go_back()
+    guard = page.locator("#back-guard")
+    guard.wait_for(state="visible")
+    assert page.url.endswith(f"/payment/{tx_id}")
+    assert "still in progress" in guard.inner_text()
+    assert dialogs == []  # an in-page notice, not alert()
+    screenshot(page, "payment-back-guard")
+
+    page.get_by_role("button", name="Cancel payment").click()
+    page.wait_for_url(re.compile(r"/checkout/ord_"))
+    assert "cancelled" in page.get_by_role("status").first.inner_text()
+    status = requests.get(f"{live.url}/check-payment-status/{tx_id}", timeout=5).json()["status"]
+    # The sandbox announces the expiry by webhook too, which can land before our own move.
+    assert status in ("cancelled", "expired")
+    assert dialogs == []  # Cancel left without a beforeunload prompt
+
+
+def test_cancel_on_the_gateway_page_shows_the_cancelled_screen(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    gateway_tab, _tx_id = checkout(page, shop_context)
+    mark_document(page)
+    gateway_tab.get_by_role("button", name="Cancel").click()
+    screen(page, "cancelled").wait_for(state="visible")
+    assert same_document(page)
+    screenshot(page, "payment-cancelled")
+
+
+def test_expiry_at_the_gateway_shows_the_expired_screen(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    gateway_tab, _tx_id = checkout(page, shop_context)
+    session_id = gateway_tab.url.rsplit("/", 1)[1]
+    gateway_tab.close()
+    mark_document(page)
+    assert live.gateway("POST", f"/sessions/{session_id}/expire").status_code == 200
+    screen(page, "expired").wait_for(state="visible")
+    assert same_document(page)
+    screenshot(page, "payment-expired")
+
+
+def test_payment_status_lookup_finds_the_payment(live, chromium, shop_context, screenshot):
+    page = shop_context.new_page()
+    gateway_tab, tx_id = checkout(page, shop_context)
+    order_id = page.locator("#order-number").inner_text()
+    pay_with(gateway_tab, SUCCESS_CARD)
+    screen(page, "success").wait_for(state="visible")
+    code = page.locator("#access-code").inner_text()
+
+    # The shopper comes back later in another browser.
+    elsewhere = chromium.new_context(base_url=live.url)
+    try:
+        later = elsewhere.new_page()
+        later.goto("/payment-status")
+        later.get_by_label("Order number").fill(order_id)
+        later.get_by_label("Access code").fill("WRONG-CODE0")
+        later.get_by_role("button", name="Check payment").click()
+        assert "could not find a payment" in later.get_by_role("alert").inner_text()
+
+        later.get_by_label("Access code").fill(code.lower())
+        later.get_by_role("button", name="Check payment").click()
+        assert later.locator("#lookup-status").inner_text().strip() == "Paid"
+        screenshot(later, "payment-status-lookup")
+        later.get_by_role("link", name="Open the live payment page").click()
+        later.wait_for_url(re.compile(f"/payment/{tx_id}$"))
+        assert screen(later, "success").is_visible()
+    finally:
+        elsewhere.close()
+
+
+def test_catalog_and_checkout_pages(live, shop_context, screenshot):
+    page = shop_context.new_page()
+    page.goto("/")
+    page.locator("#qty-TEE-BLACK").fill("1")
+    page.locator("#qty-POSTER-A2").fill("2")
+    assert page.locator("#cart-summary").inner_text() == "Cart: 3 items, 89.99 USD"
+    screenshot(page, "catalog")
+    page.get_by_role("button", name="Check out").click()
+    page.wait_for_url(re.compile(r"/checkout/ord_"))
+    assert page.locator("#order-total").inner_text() == "89.99 USD"
+    assert re.fullmatch(r"[0-9A-Z]{5}-[0-9A-Z]{5}", page.locator("#access-code").inner_text())
+    screenshot(page, "checkout")
+    page.set_viewport_size({"width": 375, "height": 740})
+    screenshot(page, "checkout-mobile")

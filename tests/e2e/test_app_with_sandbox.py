@@ -1,0 +1,123 @@
+"""End to end over real HTTP on loopback: the app and the built-in sandbox gateway.
+
+Nothing of ours is mocked: the app calls the sandbox's API, the shopper's form goes to the
+sandbox's hosted page, and the sandbox's worker delivers signed webhooks to the app.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from app.sandbox.server import serve_in_thread
+from tests import fulfillment_probe
+from tests.conftest import prepare_database
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live(make_app, database_url, tmp_path):
+    port = _free_port()
+    sandbox = serve_in_thread("127.0.0.1", 0, {
+        "SANDBOX_DATABASE_URL": f"sqlite:///{tmp_path / 'sandbox.db'}",
+        "SANDBOX_DELIVERY_BACKOFF_FACTOR": 0.01,
+        "SANDBOX_WORKER_POLL_SECONDS": 0.05,
+    })
+    app = make_app(PAYMENT_GATEWAY_URL=sandbox.url, PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+                   FULFILLMENT_HANDLER="tests.fulfillment_probe:record")
+    prepare_database(app, database_url)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}", sandbox
+    server.shutdown()
+    sandbox.stop()
+
+
+def set_fault(sandbox, **knobs):
+    from config import DEV_GATEWAY_API_KEY
+
+    answer = requests.post(f"{sandbox.url}/_admin/faults", json={"scope": "global", **knobs},
+                           headers={"Authorization": f"Bearer {DEV_GATEWAY_API_KEY}"}, timeout=5)
+    assert answer.status_code == 200, answer.text
+
+
+def pay_with_card(app_url: str, card: str) -> tuple[str, requests.Response]:
+    """Place an order, start its payment, and submit the hosted form like a shopper."""
+    shopper = requests.Session()
+    order = shopper.post(f"{app_url}/api/orders", json={"items": [{"sku": "TEE-BLACK", "quantity": 1}]}).json()
+    started = shopper.post(f"{app_url}/initiate-payment", json={"order_id": order["order_id"]})
+    assert started.status_code == 201, started.text
+    tx_id = started.json()["transaction_id"]
+    page = shopper.get(started.json()["payment_url"])
+    assert page.status_code == 200 and "Pay" in page.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    action = re.search(r'<form method="post" action="([^"]+)"', page.text).group(1)
+    submitted = shopper.post(requests.compat.urljoin(page.url, action), allow_redirects=False, data={
+        "csrf_token": token, "card_number": card, "expiry": "12/39", "cvc": "123", "name": "Ada Shopper"})
+    return tx_id, submitted
+
+
+def wait_for_status(app_url: str, tx_id: str, wanted: str, within: float = 10.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if requests.get(f"{app_url}/check-payment-status/{tx_id}").json()["status"] == wanted:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{tx_id} did not become {wanted} within {within}s")
+
+
+def test_card_payment_succeeds_and_fulfills_once(live):
+    app_url, sandbox = live
+    tx_id, submitted = pay_with_card(app_url, "4242 4242 4242 4242")
+    assert submitted.status_code == 303
+    assert submitted.headers["Location"].startswith(f"{app_url}/payment/{tx_id}")
+    wait_for_status(app_url, tx_id, "success")
+    time.sleep(0.3)
+    assert [c[1] for c in fulfillment_probe.calls] == [tx_id]
+
+
+def test_duplicated_webhook_still_fulfills_once(live):
+    app_url, sandbox = live
+    set_fault(sandbox, duplicate_webhook=True)
+    tx_id, _ = pay_with_card(app_url, "4242424242424242")
+    wait_for_status(app_url, tx_id, "success")
+    deadline = time.monotonic() + 10
+    while True:
+        listed = requests.get(f"{sandbox.url}/_admin/deliveries", params={"transaction_id": tx_id},
+                              headers={"Authorization": "Bearer sk_sandbox_development_key"}).json()
+        rows = listed["deliveries"] if isinstance(listed, dict) else listed
+        delivered = [d for d in rows if d["event_status"] == "success" and d["delivered_at"]]
+        if len(delivered) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(delivered) == 2 and delivered[0]["last_status_code"] == delivered[1]["last_status_code"] == 200
+    assert [c[1] for c in fulfillment_probe.calls] == [tx_id]
+
+
+def test_delayed_webhook_arrives_later(live):
+    app_url, sandbox = live
+    set_fault(sandbox, delay_webhook_seconds=2)
+    tx_id, _ = pay_with_card(app_url, "4242424242424242")
+    assert requests.get(f"{app_url}/check-payment-status/{tx_id}").json()["status"] == "pending"
+    waited = wait_for_status(app_url, tx_id, "success", within=15)
+    assert waited >= 1.0
+    assert [c[1] for c in fulfillment_probe.calls] == [tx_id]
+
+
+def test_declined_card_fails(live):
+    app_url, _ = live
+    tx_id, _ = pay_with_card(app_url, "4000 0000 0000 0002")
+    wait_for_status(app_url, tx_id, "failure")
+    assert fulfillment_probe.calls == []

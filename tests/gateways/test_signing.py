@@ -1,0 +1,56 @@
+"""Our Standard Webhooks code against the independent `standardwebhooks` package."""
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+from standardwebhooks import Webhook
+
+from app.gateways import signing
+from config import DEV_WEBHOOK_SECRET
+
+BODY = b'{"type":"payment.status_changed","data":{"status":"success"}}'
+
+
+def test_our_signature_verifies_with_the_library():
+    headers = signing.sign(DEV_WEBHOOK_SECRET, "msg_1", BODY).as_dict()
+    assert Webhook(DEV_WEBHOOK_SECRET).verify(BODY, headers)["data"]["status"] == "success"
+
+
+def test_the_library_signature_verifies_with_ours():
+    now = datetime.now(timezone.utc)
+    headers = {
+        "webhook-id": "msg_2",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(DEV_WEBHOOK_SECRET).sign("msg_2", now, BODY.decode()),
+    }
+    assert signing.verify([DEV_WEBHOOK_SECRET], headers, BODY) == ("msg_2", int(now.timestamp()))
+
+
+@pytest.mark.parametrize("offset,reason", [(-301, "timestamp_too_old"), (301, "timestamp_too_new")])
+def test_tolerance_is_300_seconds(offset, reason):
+    headers = signing.sign(DEV_WEBHOOK_SECRET, "m", BODY, timestamp=int(time.time()) + offset).as_dict()
+    with pytest.raises(signing.SignatureError) as caught:
+        signing.verify([DEV_WEBHOOK_SECRET], headers, BODY)
+    assert caught.value.reason == reason
+    ok = signing.sign(DEV_WEBHOOK_SECRET, "m", BODY, timestamp=int(time.time()) + offset // 2).as_dict()
+    assert signing.verify([DEV_WEBHOOK_SECRET], ok, BODY)[0] == "m"
+
+
+@pytest.mark.parametrize("signature", ["", "v1", "v1,", "v1,@@@", "garbage", "v2,AAAA", "v1,AAAA v1,BBBB"])
+def test_malformed_signature_headers_are_rejected_not_crashing(signature):
+    headers = {"webhook-id": "m", "webhook-timestamp": str(int(time.time())), "webhook-signature": signature}
+    with pytest.raises(signing.SignatureError):
+        signing.verify([DEV_WEBHOOK_SECRET], headers, BODY)
+
+
+def test_non_numeric_timestamp_is_rejected():
+    headers = {"webhook-id": "m", "webhook-timestamp": "yesterday", "webhook-signature": "v1,AAAA"}
+    with pytest.raises(signing.SignatureError) as caught:
+        signing.verify([DEV_WEBHOOK_SECRET], headers, BODY)
+    assert caught.value.reason == "invalid_timestamp"
+
+
+def test_bad_secret_is_a_value_error():
+    with pytest.raises(ValueError):
+        signing.decode_secret("whsec_***")

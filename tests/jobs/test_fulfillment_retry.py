@@ -1,0 +1,40 @@
+"""Stage 1 of a pass: paid orders whose fulfillment handler failed are handed to it again."""
+
+from app.domain.status import Status
+from app.services.status_moves import apply_status
+from tests import fulfillment_probe
+
+from .support import CHECK_AFTER, answer_status, order_status, pending_payment, reconcile, timeline
+
+
+def test_a_failing_handler_is_retried_by_the_next_pass(app, client, gateway):
+    fulfillment_probe.reset(fail_times=1)
+    order_id, tx_id = pending_payment(app, client, gateway, CHECK_AFTER + 60)
+    answer_status(gateway, tx_id, "success")
+
+    first = reconcile(app)
+    assert first.changed == 1 and first.fulfilled == 0
+    assert order_status(app, order_id) == "paid"
+    assert fulfillment_probe.calls == []
+    assert ("fulfillment", "error") in [line[:2] for line in timeline(app, tx_id)]
+
+    second = reconcile(app)
+    assert (second.due, second.fulfilled, second.errors) == (0, 1, 0)
+    assert order_status(app, order_id) == "fulfilled"
+    assert fulfillment_probe.calls == [(order_id, tx_id)]
+
+    assert reconcile(app).fulfilled == 0
+    assert fulfillment_probe.calls == [(order_id, tx_id)]
+
+
+def test_a_handler_that_keeps_failing_is_counted_as_an_error_each_pass(app, client, gateway):
+    fulfillment_probe.reset(fail_times=3)
+    order_id, tx_id = pending_payment(app, client, gateway, 10)
+    with app.app_context():
+        apply_status(tx_id, Status.SUCCESS, source="webhook")  # its fulfillment fails (1)
+    assert reconcile(app).errors == 1  # (2)
+    assert reconcile(app).errors == 1  # (3)
+    summary = reconcile(app)
+    assert (summary.fulfilled, summary.errors) == (1, 0)
+    assert order_status(app, order_id) == "fulfilled"
+    assert fulfillment_probe.calls == [(order_id, tx_id)]

@@ -1,0 +1,144 @@
+"""Two gunicorn instances on one PostgreSQL database and one Redis, as in production.
+
+A socket client on instance A hears about a webhook posted to instance B (the Socket.IO
+message queue), and with both instances running the scheduler every due transaction is
+checked with the gateway exactly once (row claims across processes).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+
+import pytest
+import requests
+import socketio
+import sqlalchemy as sa
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from app.gateways.signing import sign
+from bench.harness import free_port, gunicorn, migrate
+from config import DEV_WEBHOOK_SECRET
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+
+pytestmark = pytest.mark.skipif(not (TEST_DATABASE_URL and TEST_REDIS_URL),
+                                reason="needs TEST_DATABASE_URL and TEST_REDIS_URL (.ci/run sets both)")
+
+
+class StubGateway:
+    """A gateway that opens sessions, answers status 'success' and counts status checks."""
+
+    def __init__(self):
+        self.status_calls: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.server = make_server("127.0.0.1", free_port(), self.wsgi, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @Request.application
+    def wsgi(self, request: Request) -> Response:
+        if request.path == "/create-session":
+            key = request.headers["Idempotency-Key"]
+            return Response(json.dumps({"session_id": f"cs_{key}", "payment_url": f"{self.url}/pay/{key}"}),
+                            mimetype="application/json")
+        if request.path.startswith("/status/"):
+            tx_id = request.path.rsplit("/", 1)[1]
+            with self.lock:
+                self.status_calls[tx_id] += 1
+            time.sleep(0.05)  # a gateway is not instant: gives the two schedulers time to collide
+            return Response(json.dumps({"transaction_id": tx_id, "status": "success", "amount": 1999,
+                                        "currency": "USD"}), mimetype="application/json")
+        if request.path.endswith("/expire"):
+            return Response(json.dumps({"status": "expired"}), mimetype="application/json")
+        return Response("{}", status=404, mimetype="application/json")
+
+
+@pytest.fixture
+def database_url():
+    base = sa.make_url(TEST_DATABASE_URL)
+    name = f"{base.database}_two_instances_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    migrate(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def insert_due(url: str, count: int) -> list[str]:
+    ids = [f"txn_due{uuid.uuid4().hex[:20]}" for _ in range(count)]
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for tx_id in ids:
+            conn.execute(sa.text(
+                "INSERT INTO orders (id, status, total, currency, access_code, fulfillment_attempts, created_at, "
+                "updated_at) VALUES (:o, 'open', 1999, 'USD', 'CODE', 0, now(), now())"), {"o": f"ord_{tx_id[4:]}"})
+            conn.execute(sa.text(
+                "INSERT INTO transactions (id, order_id, amount, currency, status, gateway, gateway_session_id, "
+                "expires_at, needs_review, refunded_amount, check_attempts, created_at, updated_at) VALUES "
+                "(:t, :o, 1999, 'USD', 'pending', 'sandbox', :s, now() + interval '10 minutes', false, 0, 0, "
+                "now() at time zone 'utc' - interval '20 minutes', now() at time zone 'utc' - interval '20 minutes')"),
+                {"t": tx_id, "o": f"ord_{tx_id[4:]}", "s": f"cs_{tx_id}"})
+    engine.dispose()
+    return ids
+
+
+def statuses(url: str, ids: list[str]) -> dict[str, str]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, status FROM transactions WHERE id = ANY(:ids)"), {"ids": ids}).all()
+    engine.dispose()
+    return dict(rows)
+
+
+def test_socket_on_a_hears_webhook_on_b_and_schedulers_share_the_work(database_url):
+    gateway = StubGateway()
+    env = {"DATABASE_URL": database_url, "REDIS_URL": TEST_REDIS_URL, "PAYMENT_GATEWAY_URL": gateway.url,
+           "SCHEDULER_ENABLED": "1", "SCHEDULER_INTERVAL": "1", "PAYMENT_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
+           "SOCKETIO_CHANNEL": f"test-{uuid.uuid4().hex[:8]}"}
+    with gunicorn("wsgi:app", env) as a_url, gunicorn("wsgi:app", env) as b_url:
+        order = requests.post(f"{a_url}/api/orders", json={"items": [{"sku": "TEE-BLACK", "quantity": 1}]}).json()
+        tx_id = requests.post(f"{a_url}/initiate-payment", json={"order_id": order["order_id"]}).json()[
+            "transaction_id"]
+
+        received: list[dict] = []
+        arrived = threading.Event()
+        client = socketio.Client(reconnection=False)
+
+        @client.on("payment_status_update")
+        def on_update(data):
+            received.append(data)
+            if data["status"] == "success":
+                arrived.set()
+
+        client.connect(a_url, transports=["websocket"], wait_timeout=10)
+        client.emit("join", {"transaction_id": tx_id})
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert received and received[0] == {"transaction_id": tx_id, "status": "pending"}
+
+        body = json.dumps({"type": "payment.status_changed", "timestamp": "2026-01-01T00:00:00Z", "data": {
+            "transaction_id": tx_id, "session_id": "cs", "status": "success", "amount": 1999,
+            "currency": "USD"}}).encode()
+        headers = {**sign(DEV_WEBHOOK_SECRET, f"msg_{uuid.uuid4().hex}", body).as_dict(),
+                   "Content-Type": "application/json"}
+        assert requests.post(f"{b_url}/payment-callback", data=body, headers=headers).status_code == 200
+        assert arrived.wait(10), f"no update on A for a webhook posted to B: {received}"
+        client.disconnect()
+
+        due = insert_due(database_url, 40)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and set(statuses(database_url, due).values()) != {"success"}:
+            time.sleep(0.25)
+        assert set(statuses(database_url, due).values()) == {"success"}
+        time.sleep(2)  # another pass or two on both instances: nothing is checked again
+    calls = {tx: gateway.status_calls[tx] for tx in due}
+    assert set(calls.values()) == {1}, {tx: n for tx, n in calls.items() if n != 1}

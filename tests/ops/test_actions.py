@@ -1,0 +1,144 @@
+"""Admin actions: re-check, cancel, mark reviewed; each on the timeline with the staff email."""
+
+import pytest
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import Transaction, TransactionEvent
+from tests import fulfillment_probe
+from tests.conftest import GATEWAY, place_order, post_webhook, start_payment, status_event
+from tests.ops.conftest import ADMIN, paid_transaction, post_form
+
+
+@pytest.fixture
+def pending(client, gateway):
+    order = place_order(client)
+    return order, start_payment(client, gateway, order["order_id"])["transaction_id"]
+
+
+def tx_state(app, tx_id):
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        return tx.status, tx.needs_review, tx.review_reason, tx.reviewed_by
+
+
+def ops_lines(app, tx_id):
+    with app.app_context():
+        return [(e.kind, e.summary, e.outcome, e.actor, e.source) for e in db.session.scalars(
+            select(TransactionEvent).where(TransactionEvent.transaction_id == tx_id, TransactionEvent.source == "ops")
+            .order_by(TransactionEvent.id))]
+
+
+def test_recheck_applies_what_the_gateway_says(app, admin_client, pending, gateway):
+    order, tx_id = pending
+    gateway.get(f"{GATEWAY}/status/{tx_id}", json={"transaction_id": tx_id, "status": "success",
+                                                   "amount": 1999, "currency": "USD"})
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/recheck")
+    assert response.status_code == 303
+    assert tx_state(app, tx_id)[0] == "success"
+    assert fulfillment_probe.calls == [(order["order_id"], tx_id)]
+    lines = ops_lines(app, tx_id)
+    assert ("ops", f"re-check by {ADMIN}: gateway says success", "ok", ADMIN, "ops") in lines
+    assert any(kind == "status" and outcome == "applied" and actor == ADMIN for kind, _, outcome, actor, _ in lines)
+    page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    assert "The gateway says success; applied." in page
+
+
+def test_recheck_when_the_gateway_does_not_know_the_payment(app, admin_client, pending, gateway):
+    _, tx_id = pending
+    gateway.get(f"{GATEWAY}/status/{tx_id}", status=404, json={"error": "not_found"})
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/recheck").status_code == 303
+    assert tx_state(app, tx_id)[0] == "pending"
+    assert ops_lines(app, tx_id)[-1][2] == "noop"
+
+
+def test_recheck_with_the_gateway_down_says_so_and_changes_nothing(app, admin_client, pending, gateway):
+    _, tx_id = pending
+    gateway.get(f"{GATEWAY}/status/{tx_id}", status=503)
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/recheck")
+    assert response.status_code == 502
+    assert "did not complete the re-check" in response.get_data(as_text=True)
+    assert tx_state(app, tx_id)[0] == "pending"
+    assert ops_lines(app, tx_id)[-1][2] == "error"
+
+
+def test_recheck_success_for_another_amount_is_flagged_not_applied(app, admin_client, pending, gateway):
+    _, tx_id = pending
+    gateway.get(f"{GATEWAY}/status/{tx_id}", json={"transaction_id": tx_id, "status": "success",
+                                                   "amount": 1, "currency": "USD"})
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/recheck").status_code == 303
+    assert tx_state(app, tx_id)[:3] == ("pending", True, "amount_mismatch")
+
+
+def test_cancel_expires_the_session_then_cancels(app, admin_client, pending, gateway):
+    _, tx_id = pending
+    gateway.post(f"{GATEWAY}/sessions/cs_{tx_id}/expire", json={"status": "expired"})
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/cancel")
+    assert response.status_code == 303
+    assert tx_state(app, tx_id)[0] == "cancelled"
+    assert [c.request.url for c in gateway.calls][-1] == f"{GATEWAY}/sessions/cs_{tx_id}/expire"
+    lines = ops_lines(app, tx_id)
+    assert ("status", f"cancel by {ADMIN}: gateway session expired", "applied", ADMIN, "ops") in lines
+    # a second cancel is refused: the payment is no longer pending
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/cancel")
+    assert response.status_code == 409
+    assert "Only a pending payment can be cancelled" in response.get_data(as_text=True)
+
+
+def test_cancel_when_the_shopper_already_paid_records_the_success(app, admin_client, pending, gateway):
+    order, tx_id = pending
+    gateway.post(f"{GATEWAY}/sessions/cs_{tx_id}/expire", status=409, json={"status": "success"})
+    gateway.get(f"{GATEWAY}/status/{tx_id}", json={"transaction_id": tx_id, "status": "success", "amount": 1999,
+                                                   "currency": "USD"})
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/cancel")
+    assert response.status_code == 303
+    assert tx_state(app, tx_id)[0] == "success"
+    assert fulfillment_probe.calls == [(order["order_id"], tx_id)]
+    assert "already paid" in admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+
+
+def test_cancel_when_the_gateway_says_paid_for_other_money_flags_and_applies_nothing(
+        app, admin_client, pending, gateway):
+    order, tx_id = pending
+    gateway.post(f"{GATEWAY}/sessions/cs_{tx_id}/expire", status=409, json={"status": "success"})
+    gateway.get(f"{GATEWAY}/status/{tx_id}", json={"transaction_id": tx_id, "status": "success", "amount": 1,
+                                                   "currency": "USD"})
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/cancel").status_code == 303
+    assert tx_state(app, tx_id)[0] == "pending"
+    assert fulfillment_probe.calls == []
+
+
+def test_cancel_with_the_gateway_down_leaves_the_payment_pending(app, admin_client, pending, gateway):
+    _, tx_id = pending
+    gateway.post(f"{GATEWAY}/sessions/cs_{tx_id}/expire", status=500)
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/cancel").status_code == 502
+    assert tx_state(app, tx_id)[0] == "pending"
+
+
+def test_mark_reviewed_clears_the_flag_and_records_who(app, admin_client, client, pending, gateway):
+    _, tx_id = pending
+    gateway.post(f"{GATEWAY}/sessions/cs_{tx_id}/expire", json={"status": "expired"})
+    post_form(admin_client, f"/ops/transactions/{tx_id}/cancel")
+    post_webhook(client, status_event(tx_id, "success", 1999))  # the gateway holds the money: flagged
+    assert tx_state(app, tx_id) == ("success", True, "success_after_cancellation", None)
+    listing = admin_client.get("/ops/transactions?flagged=1").get_data(as_text=True)
+    assert tx_id in listing and "Flagged: success_after_cancellation" in listing
+
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/review").status_code == 303
+    assert tx_state(app, tx_id) == ("success", False, "success_after_cancellation", ADMIN)
+    assert ops_lines(app, tx_id)[-1][:4] == (
+        "ops", f"marked reviewed by {ADMIN} (flag was: success_after_cancellation)", "ok", ADMIN)
+    page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    assert f"Reviewed by {ADMIN}" in page
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/review").status_code == 409
+
+
+def test_actions_on_an_unknown_transaction_are_404(admin_client):
+    for action in ("recheck", "cancel", "refund", "review"):
+        assert post_form(admin_client, f"/ops/transactions/txn_nope/{action}", {"amount": "1"}).status_code == 404
+
+
+def test_refund_of_a_paid_transaction_from_the_listing_flow(app, admin_client, client, gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    found = admin_client.get("/ops/transactions", query_string={"q": tx_id}).get_data(as_text=True)
+    assert f'data-transaction-id="{tx_id}"' in found

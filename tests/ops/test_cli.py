@@ -1,0 +1,69 @@
+"""`flask --app wsgi ops create-user EMAIL [--role viewer|admin] [--password P]`."""
+
+from sqlalchemy import select
+from werkzeug.security import check_password_hash
+
+from app.extensions import db
+from app.models import User
+from tests.ops.conftest import csrf_token
+
+
+def user(app, email):
+    with app.app_context():
+        return db.session.scalar(select(User).where(User.email == email))
+
+
+def test_create_user_defaults_to_viewer_and_hashes_the_password(app, runner):
+    result = runner.invoke(args=["ops", "create-user", "Ops@Example.test", "--password", "s3cret-enough"])
+    assert result.exit_code == 0, result.output
+    assert "ops user ops@example.test created with role viewer" in result.output
+    stored = user(app, "ops@example.test")
+    assert stored.role == "viewer"
+    assert stored.password_hash != "s3cret-enough" and check_password_hash(stored.password_hash, "s3cret-enough")
+
+
+def test_created_admin_can_log_in(app, runner):
+    result = runner.invoke(args=["ops", "create-user", "boss@example.test", "--role", "admin", "--password", "pw-long-enough"])
+    assert result.exit_code == 0, result.output
+    assert user(app, "boss@example.test").role == "admin"
+    client = app.test_client()
+    response = client.post("/ops/login", data={"csrf_token": csrf_token(client), "email": "boss@example.test",
+                                                "password": "pw-long-enough"})
+    assert response.status_code == 303
+
+
+def test_password_is_prompted_with_confirmation(app, runner):
+    result = runner.invoke(args=["ops", "create-user", "p@example.test"], input="typed-password\ntyped-password\n")
+    assert result.exit_code == 0, result.output
+    assert "typed-password" not in result.output  # hidden input
+    assert check_password_hash(user(app, "p@example.test").password_hash, "typed-password")
+
+
+def test_mismatched_confirmation_asks_again(app, runner):
+    result = runner.invoke(args=["ops", "create-user", "m@example.test"],
+                           input="first-password\nsecond-password\nfinal-password\nfinal-password\n")
+    assert result.exit_code == 0, result.output
+    assert "do not match" in result.output.lower() or "match" in result.output.lower()
+    assert check_password_hash(user(app, "m@example.test").password_hash, "final-password")
+
+
+def test_duplicate_email_is_a_clear_error(app, runner):
+    assert runner.invoke(args=["ops", "create-user", "dup@example.test", "--password", "pw-long-enough"]).exit_code == 0
+    result = runner.invoke(args=["ops", "create-user", "DUP@example.test", "--role", "admin", "--password", "pw-long-enough"])
+    assert result.exit_code == 1
+    assert "already exists" in result.output
+    assert user(app, "dup@example.test").role == "viewer"
+
+
+def test_bad_role_is_a_clear_error(app, runner):
+    result = runner.invoke(args=["ops", "create-user", "r@example.test", "--role", "root", "--password", "pw-long-enough"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--role'" in result.output and "viewer" in result.output
+    assert user(app, "r@example.test") is None
+
+
+def test_bad_email_or_short_password_are_refused(app, runner):
+    result = runner.invoke(args=["ops", "create-user", "not-an-email", "--password", "pw-long-enough"])
+    assert result.exit_code == 1 and "not an email address" in result.output
+    result = runner.invoke(args=["ops", "create-user", "s@example.test", "--password", "short"])
+    assert result.exit_code == 1 and "at least 8 characters" in result.output

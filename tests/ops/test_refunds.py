@@ -1,0 +1,208 @@
+"""Refunds: integer minor units above 0, never more than remains, even submitted at once."""
+
+import json
+import threading
+import time
+
+import pytest
+import responses
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.models import Refund, Transaction, TransactionEvent
+from app.services import refunds
+from app.services.errors import ServiceError
+from tests.conftest import GATEWAY, place_order, start_payment
+from tests.ops.conftest import ADMIN, paid_transaction, post_form
+
+REFUNDS_URL = f"{GATEWAY}/refunds"
+
+
+def gateway_refunds(mock, *, delay: float = 0.0):
+    """The gateway's refund endpoint: each Idempotency-Key gets one refund id."""
+    seen = {}
+
+    def answer(request):
+        if delay:
+            time.sleep(delay)
+        key = request.headers["Idempotency-Key"]
+        seen.setdefault(key, f"re_{len(seen) + 1}")
+        return 200, {}, json.dumps({"refund_id": seen[key], "status": "succeeded"})
+
+    mock.add_callback(responses.POST, REFUNDS_URL, callback=answer)
+    return seen
+
+
+def refund_calls(mock) -> list[dict]:
+    return [json.loads(c.request.body) | {"key": c.request.headers["Idempotency-Key"]}
+            for c in mock.calls if c.request.url == REFUNDS_URL]
+
+
+def state(app, tx_id):
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        rows = list(db.session.scalars(select(Refund).where(Refund.transaction_id == tx_id).order_by(Refund.created_at)))
+        return tx.status, tx.refunded_amount, [(r.amount, r.status) for r in rows]
+
+
+@pytest.mark.parametrize("amount", ["", "   ", "0", "-5", "abc", "12.5", "1e3", "5 USD", "1_000", "0x10", "9" * 13])
+def test_refund_amount_must_be_a_whole_number_above_zero(app, admin_client, client, gateway, amount):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway_refunds(gateway)
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": amount})
+    assert response.status_code == 422
+    assert 'role="alert"' in response.get_data(as_text=True)
+    assert state(app, tx_id) == ("success", 0, [])
+    assert refund_calls(gateway) == []
+
+
+@pytest.mark.parametrize("amount", [2000, 10**9])
+def test_refund_above_what_remains_is_refused(app, admin_client, client, gateway, amount):
+    _, tx_id, total = paid_transaction(client, gateway)
+    gateway_refunds(gateway)
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": str(amount)})
+    assert response.status_code == 422
+    assert f"At most {total} minor units (19.99 USD) remain" in response.get_data(as_text=True)
+    assert state(app, tx_id) == ("success", 0, [])
+    assert refund_calls(gateway) == []
+
+
+def test_partial_then_the_rest_then_nothing(app, admin_client, client, gateway):
+    order, tx_id, total = paid_transaction(client, gateway)
+    gateway_refunds(gateway)
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "500"})
+    assert response.status_code == 303 and response.location.endswith(f"/ops/transactions/{tx_id}")
+    assert state(app, tx_id) == ("partially_refunded", 500, [(500, "succeeded")])
+    page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    assert "Refunded 5.00 USD." in page and "partially refunded" in page
+    assert f"refund of 5.00 USD requested by {ADMIN}" in page
+    assert "refund of 5.00 USD succeeded" in page
+    assert "Refund the remaining 14.99 USD in full" in page
+
+    with app.app_context():
+        first = db.session.scalar(select(Refund))
+        assert refund_calls(gateway) == [{"transaction_id": tx_id, "amount": 500, "key": first.id}]
+        moves = list(db.session.scalars(select(TransactionEvent).where(
+            TransactionEvent.transaction_id == tx_id, TransactionEvent.kind == "status",
+            TransactionEvent.to_status == "partially_refunded")))
+        assert [(m.outcome, m.actor, m.source) for m in moves] == [("applied", ADMIN, "ops")]
+
+    # the full-refund button posts exactly what remains
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": str(total - 500)})
+    assert response.status_code == 303
+    assert state(app, tx_id) == ("refunded", total, [(500, "succeeded"), (total - 500, "succeeded")])
+
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "1"})
+    assert response.status_code == 409
+    assert "Only a successful payment can be refunded" in response.get_data(as_text=True)
+    assert client.get(f"/api/orders/{order['order_id']}").get_json()["status"] == "fulfilled"
+
+
+def test_a_second_partial_refund_keeps_partially_refunded(app, admin_client, client, gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway_refunds(gateway)
+    for amount in ("300", "200"):
+        assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": amount}).status_code == 303
+    assert state(app, tx_id) == ("partially_refunded", 500, [(300, "succeeded"), (200, "succeeded")])
+
+
+def test_pending_or_failed_payments_cannot_be_refunded(app, admin_client, client, gateway):
+    order = place_order(client)
+    tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    gateway_refunds(gateway)
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "100"})
+    assert response.status_code == 409
+    assert state(app, tx_id) == ("pending", 0, [])
+
+
+def test_gateway_refusal_releases_the_reservation(app, admin_client, client, gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=422, json={"error": "refund_exceeds_capture", "message": "no"})
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
+    assert response.status_code == 502
+    assert "refused the refund" in response.get_data(as_text=True)
+    assert state(app, tx_id) == ("success", 0, [(700, "failed")])
+
+
+def test_unanswered_refund_holds_the_amount_and_can_be_retried(app, admin_client, client, gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=503)
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
+    assert response.status_code == 502
+    assert state(app, tx_id) == ("success", 700, [(700, "requested")])
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        assert tx.needs_review and tx.review_reason == "refund_outcome_unknown"
+        refund_id = db.session.scalar(select(Refund.id))
+    # the held amount counts: only 1299 may still be refunded
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "1300"}).status_code == 422
+
+    gateway.replace(responses.POST, REFUNDS_URL, json={"refund_id": "re_late", "status": "succeeded"})
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{refund_id}/retry")
+    assert response.status_code == 303
+    assert state(app, tx_id) == ("partially_refunded", 700, [(700, "succeeded")])
+    assert {c["key"] for c in refund_calls(gateway)} == {refund_id}  # every attempt under one key
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{refund_id}/retry")
+    assert response.status_code == 409
+
+
+@pytest.mark.parametrize("amount", [0, -1, 1.5, "5", True, None])
+def test_the_service_accepts_only_positive_integers(app, client, gateway, amount):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    with app.app_context(), pytest.raises(ServiceError) as refused:
+        refunds.refund(tx_id, amount, ADMIN)
+    assert refused.value.status == 422 and refused.value.code == "invalid_amount"
+
+
+def _race(app, tx_id, amounts):
+    barrier = threading.Barrier(len(amounts))
+    outcomes, errors = [], []
+
+    def attempt(amount):
+        with app.app_context():
+            barrier.wait()
+            try:
+                refunds.refund(tx_id, amount, ADMIN)
+                outcomes.append(("ok", amount))
+            except ServiceError as exc:
+                outcomes.append((exc.code, amount))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(a,)) for a in amounts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return outcomes
+
+
+def test_two_refunds_submitted_at_once_never_exceed_the_capture(app, client, gateway):
+    _, tx_id, total = paid_transaction(client, gateway)
+    gateway_refunds(gateway, delay=0.2)  # a slow gateway widens the window between check and refund
+    outcomes = _race(app, tx_id, [1500, 1500])
+    assert sorted(o for o, _ in outcomes) == ["ok", "refund_exceeds_remaining"]
+    assert state(app, tx_id) == ("partially_refunded", 1500, [(1500, "succeeded")])
+    assert [c["amount"] for c in refund_calls(gateway)] == [1500]
+
+
+def test_many_refunds_at_once_add_up_to_at_most_the_capture(app, client, gateway):
+    _, tx_id, total = paid_transaction(client, gateway)
+    gateway_refunds(gateway, delay=0.05)
+    outcomes = _race(app, tx_id, [500] * 8)
+    assert sum(1 for o, _ in outcomes if o == "ok") == 3  # 3 x 500 fit in 1999, a 4th does not
+    status, reserved, rows = state(app, tx_id)
+    assert reserved == 1500 and sum(a for a, s in rows if s == "succeeded") == 1500
+    assert status == "partially_refunded"
+    assert sum(c["amount"] for c in refund_calls(gateway)) == 1500
+
+
+def test_two_full_refunds_at_once_refund_once(app, client, gateway):
+    _, tx_id, total = paid_transaction(client, gateway)
+    gateway_refunds(gateway, delay=0.1)
+    outcomes = _race(app, tx_id, [total, total])
+    assert sorted(o for o, _ in outcomes) == ["ok", "refund_exceeds_remaining"]
+    assert state(app, tx_id) == ("refunded", total, [(total, "succeeded")])
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Refund)) == 1

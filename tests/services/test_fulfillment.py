@@ -1,0 +1,42 @@
+"""Fulfillment claims: retries are fair, and an overrun claim does not finish twice."""
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from app.extensions import db
+from app.models import Order, Transaction
+from app.models.clock import utcnow
+from app.services.fulfillment import orders_awaiting_fulfillment, run_claimed
+from tests import fulfillment_probe
+from tests.conftest import place_order
+
+
+def _paid(client, attempts: int) -> str:
+    order_id = place_order(client)["order_id"]
+    db.session.execute(update(Order).where(Order.id == order_id).values(
+        status="paid", paid_transaction_id=None, paid_at=utcnow() - timedelta(minutes=attempts),
+        fulfillment_attempts=attempts))
+    db.session.commit()
+    return order_id
+
+
+def test_orders_that_keep_failing_do_not_starve_new_ones(app, client, ctx):
+    broken = [_paid(client, 5), _paid(client, 4)]
+    fresh = _paid(client, 0)
+    assert orders_awaiting_fulfillment(limit=1) == [fresh]
+    assert orders_awaiting_fulfillment(limit=3)[1:] == [broken[1], broken[0]]
+
+
+def test_a_run_whose_claim_was_taken_over_does_not_mark_fulfilled(app, client, ctx):
+    order_id = _paid(client, 0)
+    db.session.add(Transaction(id="txn_x", order_id=order_id, amount=1999, currency="USD", status="success",
+                               gateway="sandbox", expires_at=utcnow()))
+    mine, theirs = utcnow() - timedelta(hours=1), utcnow()
+    db.session.execute(update(Order).where(Order.id == order_id).values(fulfillment_claimed_at=theirs))
+    db.session.commit()
+    assert run_claimed(order_id, "txn_x", mine) is False
+    assert db.session.get(Order, order_id, populate_existing=True).status == "paid"
+    assert run_claimed(order_id, "txn_x", theirs) is True
+    assert db.session.get(Order, order_id, populate_existing=True).status == "fulfilled"
+    assert len(fulfillment_probe.calls) == 2  # the handler ran for both, only one finished

@@ -1,0 +1,128 @@
+"""Production surface: security headers, proxies, rate limits, readiness and metrics."""
+
+import re
+
+import pytest
+
+from tests.conftest import place_order, post_webhook, start_payment, status_event
+
+
+def test_security_headers_on_pages_and_json(client):
+    page = client.get("/nothing", headers={"Accept": "text/html"})
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "form-action 'self' http://gateway.test" in csp
+    assert "Strict-Transport-Security" not in page.headers  # plain http in tests
+    api = client.get("/api/products")
+    assert api.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_hsts_behind_a_tls_proxy(make_app, database_url):
+    app = make_app(PROXY_FIX_HOPS=1)
+    response = app.test_client().get("/healthz", headers={"X-Forwarded-Proto": "https"})
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    untrusted = make_app(PROXY_FIX_HOPS=0).test_client().get("/healthz", headers={"X-Forwarded-Proto": "https"})
+    assert "Strict-Transport-Security" not in untrusted.headers
+
+
+def test_rate_limited_orders_answer_429_json(make_app, database_url):
+    from tests.conftest import prepare_database
+
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_ORDERS="2/minute", RATELIMIT_STORAGE_URI="memory://")
+    prepare_database(app, database_url)
+    client = app.test_client()
+    body = {"items": [{"sku": "TEE-BLACK", "quantity": 1}]}
+    codes = [client.post("/api/orders", json=body).status_code for _ in range(3)]
+    assert codes == [201, 201, 429]
+    limited = client.post("/api/orders", json=body)
+    assert limited.get_json()["error"] == "rate_limited"
+    assert isinstance(limited.get_json()["message"], str)
+    assert "Retry-After" in limited.headers
+
+
+def test_readyz_ok_and_failing_when_the_database_is_down(client, make_app):
+    ok = client.get("/readyz")
+    assert ok.status_code == 200 and ok.get_json()["checks"]["database"] == "ok"
+    dead = make_app(SQLALCHEMY_DATABASE_URI="postgresql+psycopg://postgres@127.0.0.1:1/none",
+                    SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"connect_timeout": 2}})
+    down = dead.test_client().get("/readyz")
+    assert down.status_code == 503
+    body = down.get_json()
+    assert body["error"] == "not_ready" and body["checks"]["database"].startswith("failing")
+    assert dead.test_client().get("/healthz").status_code == 200
+
+
+def test_readyz_checks_redis_when_configured(make_app, database_url):
+    from tests.conftest import TEST_REDIS_URL
+
+    broken = make_app(REDIS_URL="redis://127.0.0.1:1/0")
+    assert broken.test_client().get("/readyz").get_json()["checks"]["redis"].startswith("failing")
+    if TEST_REDIS_URL:
+        working = make_app(REDIS_URL=TEST_REDIS_URL)
+        assert working.test_client().get("/readyz").status_code == 200
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_metrics_move_after_a_payment(client, gateway):
+    before = client.get("/metrics").get_data(as_text=True)
+    order = place_order(client)
+    tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    middle = client.get("/metrics").get_data(as_text=True)
+    assert _metric(middle, "checkout_pending_transactions") == 1
+    post_webhook(client, status_event(tx_id, "success", 1999))
+    after = client.get("/metrics")
+    assert after.headers["Content-Type"].startswith("text/plain")
+    text = after.get_data(as_text=True)
+    assert _metric(text, "checkout_fulfillments_total", result="fulfilled") == \
+        _metric(before, "checkout_fulfillments_total", result="fulfilled") + 1
+    assert _metric(text, "checkout_webhooks_total", outcome="applied") == \
+        _metric(before, "checkout_webhooks_total", outcome="applied") + 1
+    assert _metric(text, "checkout_status_moves_total", source="webhook", to_status="success", outcome="applied") \
+        >= 1
+    assert _metric(text, "checkout_pending_transactions") == 0
+    assert 'endpoint="/initiate-payment"' in text
+    assert _metric(text, "checkout_gateway_call_duration_seconds_count", operation="create-session", result="ok") >= 1
+
+
+@pytest.mark.parametrize("env", [{}, {"SECRET_KEY": "x"}])
+def test_production_refuses_development_settings(env, monkeypatch):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from app import create_app; create_app()"],
+                          env={"APP_ENV": "production", "PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "refusing to start in production" in done.stderr + done.stdout
+    assert "DATABASE_URL" in done.stderr + done.stdout
+
+
+def test_refused_webhooks_are_rate_limited_but_good_ones_are_not(make_app, database_url):
+    from tests.conftest import prepare_database
+
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_WEBHOOK_FAILURES="3/minute", RATELIMIT_STORAGE_URI="memory://")
+    prepare_database(app, database_url)
+    client = app.test_client()
+    for _ in range(5):  # accepted deliveries never count
+        assert post_webhook(client, status_event("txn_unknown", "success", 1)).status_code == 200
+    codes = [client.post("/payment-callback", data=b"{}", headers={"webhook-id": "x"}).status_code
+             for _ in range(4)]
+    assert codes == [400, 400, 400, 429]
+
+
+def test_every_form_on_every_page_carries_a_csrf_token(client, gateway):
+    """Contract section 6: every form carries a hidden csrf_token (ops pages are covered in tests/ops)."""
+    order = place_order(client)
+    tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    for path in ("/", f"/checkout/{order['order_id']}", f"/payment/{tx_id}", "/payment-status", "/ops/login"):
+        html = client.get(path).get_data(as_text=True)
+        forms = re.findall(r"<form\b.*?</form>", html, re.S)
+        assert all('name="csrf_token"' in form for form in forms), path
