@@ -1,6 +1,10 @@
 """The bare baselines: the least an endpoint of each kind can do on the same stack.
 
-`webhook`: verify the Standard Webhooks signature and run one UPDATE.
+`webhook`: verify the Standard Webhooks signature and run one UPDATE (the issue's baseline).
+`webhook-floor`: verify, then the statements a delivery must cost under the contract, as raw
+SQL with no logic: read, compare-and-set, order paid, dedup row, timeline lines, commit; then
+order fulfilled and its line, commit. Not a target, a yardstick: how close the real endpoint
+comes to the least its required work can cost on this stack.
 `initiate`: one INSERT and a call to the gateway stub. Served by gunicorn like the app.
 """
 
@@ -22,16 +26,58 @@ GATEWAY = os.environ.get("PAYMENT_GATEWAY_URL", "")
 http = requests.Session()
 
 
-@app.post("/bare/webhook")
-def bare_webhook():
+def _verified_transaction_id() -> str | None:
+    """The delivery's transaction id when its signature verifies, else None."""
     try:
         signing.verify([SECRET], request.headers, request.get_data())
     except signing.SignatureError:
+        return None
+    return request.get_json()["data"]["transaction_id"]
+
+
+@app.post("/bare/webhook")
+def bare_webhook():
+    tx_id = _verified_transaction_id()
+    if tx_id is None:
         return jsonify(error="invalid"), 400
-    tx_id = request.get_json()["data"]["transaction_id"]
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE transactions SET status='success' WHERE id=:id AND status='pending'"),
                      {"id": tx_id})
+    return jsonify(received=True)
+
+
+FLOOR_FIRST = [
+    "SELECT id, order_id, status, amount, currency FROM transactions WHERE id = :t",
+    "UPDATE transactions SET status = 'success', updated_at = now() WHERE id = :t AND status = 'pending'",
+    "UPDATE orders SET status = 'paid', paid_transaction_id = :t, paid_at = now(), updated_at = now(), "
+    "fulfillment_claimed_at = now(), fulfillment_attempts = fulfillment_attempts + 1 "
+    "WHERE id = :o AND status = 'open'",
+    "INSERT INTO webhook_events (gateway, webhook_id, transaction_id, event_type, status, amount, currency, "
+    "outcome, payload, received_at) VALUES ('sandbox', :w, :t, 'payment.status_changed', 'success', 1999, 'USD', "
+    "'applied', '{}', now())",
+    "INSERT INTO transaction_events (transaction_id, kind, source, outcome, summary, created_at) VALUES "
+    "(:t, 'webhook', 'webhook', 'ok', 'webhook', now()), (:t, 'status', 'webhook', 'applied', 'moved', now())",
+]
+FLOOR_SECOND = [
+    "UPDATE orders SET status = 'fulfilled', fulfilled_at = now(), updated_at = now(), "
+    "fulfillment_claimed_at = NULL WHERE id = :o AND status = 'paid'",
+    "INSERT INTO transaction_events (transaction_id, kind, source, outcome, summary, created_at) VALUES "
+    "(:t, 'fulfillment', 'webhook', 'ok', 'order fulfilled', now())",
+]
+
+
+@app.post("/bare/webhook-floor")
+def bare_webhook_floor():
+    tx_id = _verified_transaction_id()
+    if tx_id is None:
+        return jsonify(error="invalid"), 400
+    values = {"t": tx_id, "w": request.headers["webhook-id"]}
+    for statements in (FLOOR_FIRST, FLOOR_SECOND):
+        with engine.begin() as conn:
+            for statement in statements:
+                row = conn.execute(sa.text(statement), values)
+                if statement.startswith("SELECT"):
+                    values["o"] = row.one().order_id
     return jsonify(received=True)
 
 

@@ -144,8 +144,33 @@ def run_load(label: str, jobs: list[Callable[[requests.Session], bool]], concurr
     return LoadResult(label, len(jobs), time.perf_counter() - started, latencies, errors)
 
 
-def ratio_line(name: str, real: LoadResult, bare: LoadResult, target: float) -> str:
-    ratio = real.throughput / bare.throughput
-    verdict = "meets" if ratio >= target else "below"
-    return f"{name}: ratio {ratio:.2f} of the bare baseline ({verdict} the target {target})  median-of-run p50 " \
-           f"{statistics.median(real.latencies) * 1000:.2f} ms"
+def compare_rounds(
+    real_label: str,
+    real_rounds: list[list[Callable[[requests.Session], bool]]],
+    bare_label: str,
+    bare_rounds: list[list[Callable[[requests.Session], bool]]],
+    concurrency: int,
+) -> list[tuple[LoadResult, LoadResult]]:
+    """Run bare and real loads in alternating rounds (bare first), printing each pair.
+
+    One pair of runs on a shared 2-core machine swings by a quarter from run to run; the
+    median ratio over alternating rounds is the figure to quote.
+    """
+    pairs = []
+    for number, (bare_jobs, real_jobs) in enumerate(zip(bare_rounds, real_rounds), start=1):
+        bare = run_load(bare_label, bare_jobs, concurrency)
+        real = run_load(real_label, real_jobs, concurrency)
+        print(f"round {number}: ratio {real.throughput / bare.throughput:.2f}")
+        print("  " + bare.line())
+        print("  " + real.line())
+        pairs.append((real, bare))
+    return pairs
+
+
+def median_ratio_line(name: str, pairs: list[tuple[LoadResult, LoadResult]], target: float | None) -> str:
+    ratios = sorted(real.throughput / bare.throughput for real, bare in pairs)
+    ratio = statistics.median(ratios)
+    verdict = "" if target is None else f"; {'meets' if ratio >= target else 'below'} the target {target}"
+    real_p50 = statistics.median(statistics.median(real.latencies) for real, _ in pairs) * 1000
+    return (f"{name}: median ratio {ratio:.2f} over {len(pairs)} rounds "
+            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}{verdict})  real p50 {real_p50:.2f} ms")

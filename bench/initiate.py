@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from bench.harness import free_port, fresh_database, gunicorn, migrate, ratio_line, run_load
+from bench.harness import compare_rounds, free_port, fresh_database, gunicorn, median_ratio_line, migrate, run_load
 
 
 @Request.application
@@ -58,25 +58,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/real rounds, n requests each")
     args = parser.parse_args()
     database_url = fresh_database("checkout_bench_initiate")
     migrate(database_url)
     stub = serve_stub_gateway()
     env = {"DATABASE_URL": database_url, "PAYMENT_GATEWAY_URL": f"http://127.0.0.1:{stub.server_port}"}
-    real_orders, bare_orders, warm = (seed_orders(database_url, n) for n in (args.n, args.n, 100))
+    real_orders, bare_orders = (seed_orders(database_url, args.n * args.rounds) for _ in range(2))
+    warm = seed_orders(database_url, 100)
+
+    def rounds_of(orders: list[str], url: str) -> list[list]:
+        return [jobs(url, orders[i * args.n:(i + 1) * args.n]) for i in range(args.rounds)]
+
+    print(f"initiate: n={args.n} x {args.rounds} rounds, concurrency={args.concurrency} "
+          "(gunicorn gevent, 1 worker, PostgreSQL, stub 0 ms)")
     try:
         with gunicorn("wsgi:app", env) as app_url, gunicorn("bench.baseline:app", env) as bare_url:
             run_load("warm-up", jobs(app_url + "/initiate-payment", warm[:50]), args.concurrency)
             run_load("warm-up", jobs(bare_url + "/bare/initiate", warm[50:]), args.concurrency)
-            bare = run_load("bare INSERT + gateway", jobs(bare_url + "/bare/initiate", bare_orders), args.concurrency)
-            real = run_load("POST /initiate-payment", jobs(app_url + "/initiate-payment", real_orders),
-                            args.concurrency)
+            pairs = compare_rounds("POST /initiate-payment", rounds_of(real_orders, app_url + "/initiate-payment"),
+                                   "bare INSERT + gateway", rounds_of(bare_orders, bare_url + "/bare/initiate"),
+                                   args.concurrency)
     finally:
         stub.shutdown()
-    print(f"initiate: n={args.n} concurrency={args.concurrency} (gunicorn gevent, 1 worker, PostgreSQL, stub 0 ms)")
-    print(bare.line())
-    print(real.line())
-    print(ratio_line("initiate", real, bare, 0.5))
+    print(median_ratio_line("initiate against the bare baseline", pairs, 0.5))
 
 
 if __name__ == "__main__":

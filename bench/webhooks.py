@@ -14,7 +14,7 @@ import uuid
 import sqlalchemy as sa
 
 from app.gateways.signing import sign
-from bench.harness import fresh_database, gunicorn, migrate, ratio_line, run_load
+from bench.harness import compare_rounds, fresh_database, gunicorn, median_ratio_line, migrate, run_load
 from config import DEV_WEBHOOK_SECRET
 
 
@@ -53,28 +53,41 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, the same for both sides")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/real rounds, n webhooks each")
     args = parser.parse_args()
     database_url = fresh_database("checkout_bench_webhooks")
     migrate(database_url)
     env = {"DATABASE_URL": database_url, "PAYMENT_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET}
-    real_ids, bare_ids, warm_ids = (seed_pending(database_url, p, n) for p, n in
-                                    (("r", args.n), ("b", args.n), ("w", 100)))
+    real_ids, bare_ids, floor_ids, real_floor_ids = (seed_pending(database_url, p, args.n * args.rounds)
+                                                     for p in ("r", "b", "f", "q"))
+    warm_ids = seed_pending(database_url, "w", 100)
+
+    def rounds_of(ids: list[str], url: str) -> list[list]:
+        return [webhook_jobs(url, ids[i * args.n:(i + 1) * args.n]) for i in range(args.rounds)]
+
+    print(f"webhooks: n={args.n} x {args.rounds} rounds, concurrency={args.concurrency} "
+          f"(gunicorn gevent, {args.workers} worker(s), PostgreSQL)")
     with gunicorn("wsgi:app", env, args.workers) as app_url, \
             gunicorn("bench.baseline:app", env, args.workers) as bare_url:
         run_load("warm-up", webhook_jobs(app_url + "/payment-callback", warm_ids[:50]), args.concurrency)
         run_load("warm-up", webhook_jobs(bare_url + "/bare/webhook", warm_ids[50:]), args.concurrency)
-        bare = run_load("bare verify+UPDATE", webhook_jobs(bare_url + "/bare/webhook", bare_ids), args.concurrency)
-        real = run_load("POST /payment-callback", webhook_jobs(app_url + "/payment-callback", real_ids),
-                        args.concurrency)
+        pairs = compare_rounds("POST /payment-callback", rounds_of(real_ids, app_url + "/payment-callback"),
+                               "bare verify+UPDATE", rounds_of(bare_ids, bare_url + "/bare/webhook"),
+                               args.concurrency)
+        print("yardstick, not the target: the same load at the floor endpoint (the contract's statements as "
+              "raw SQL, no logic)")
+        floor_pairs = compare_rounds(
+            "POST /payment-callback", rounds_of(real_floor_ids, app_url + "/payment-callback"),
+            "floor: required SQL only", rounds_of(floor_ids, bare_url + "/bare/webhook-floor"), args.concurrency)
     engine = sa.create_engine(database_url)
     with engine.connect() as conn:
-        fulfilled = conn.scalar(sa.text("SELECT count(*) FROM orders WHERE status='fulfilled' AND id LIKE 'ord_txn_r%'"))
+        fulfilled = dict(conn.execute(sa.text(
+            "SELECT substr(id, 9, 1), count(*) FROM orders WHERE status = 'fulfilled' GROUP BY 1")).all())
     engine.dispose()
-    print(f"webhooks: n={args.n} concurrency={args.concurrency} (gunicorn gevent, {args.workers} worker(s), PostgreSQL)")
-    print(bare.line())
-    print(real.line())
-    print(f"orders fulfilled by the real run: {fulfilled} of {args.n}")
-    print(ratio_line("webhooks", real, bare, 0.7))
+    print(f"orders fulfilled: real runs {fulfilled.get('r', 0) + fulfilled.get('q', 0)} of "
+          f"{len(real_ids) + len(real_floor_ids)}, floor runs {fulfilled.get('f', 0)} of {len(floor_ids)}")
+    print(median_ratio_line("webhooks against the bare baseline", pairs, 0.7))
+    print(median_ratio_line("webhooks against the floor (yardstick, no target)", floor_pairs, None))
 
 
 if __name__ == "__main__":
