@@ -46,8 +46,8 @@ def bare_webhook():
     return jsonify(received=True)
 
 
+FLOOR_READ = "SELECT id, order_id, status, amount, currency FROM transactions WHERE id = :t"
 FLOOR_FIRST = [
-    "SELECT id, order_id, status, amount, currency FROM transactions WHERE id = :t",
     "UPDATE transactions SET status = 'success', updated_at = now() WHERE id = :t AND status = 'pending'",
     "UPDATE orders SET status = 'paid', paid_transaction_id = :t, paid_at = now(), updated_at = now(), "
     "fulfillment_claimed_at = now(), fulfillment_attempts = fulfillment_attempts + 1 "
@@ -72,12 +72,13 @@ def bare_webhook_floor():
     if tx_id is None:
         return jsonify(error="invalid"), 400
     values = {"t": tx_id, "w": request.headers["webhook-id"]}
-    for statements in (FLOOR_FIRST, FLOOR_SECOND):
-        with engine.begin() as conn:
-            for statement in statements:
-                row = conn.execute(sa.text(statement), values)
-                if statement.startswith("SELECT"):
-                    values["o"] = row.one().order_id
+    with engine.begin() as conn:
+        values["o"] = conn.execute(sa.text(FLOOR_READ), values).one().order_id
+        for statement in FLOOR_FIRST:
+            conn.execute(sa.text(statement), values)
+    with engine.begin() as conn:
+        for statement in FLOOR_SECOND:
+            conn.execute(sa.text(statement), values)
     return jsonify(received=True)
 
 

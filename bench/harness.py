@@ -144,23 +144,33 @@ def run_load(label: str, jobs: list[Callable[[requests.Session], bool]], concurr
     return LoadResult(label, len(jobs), time.perf_counter() - started, latencies, errors)
 
 
+Job = Callable[[requests.Session], bool]
+
+
+def per_round(ids: list[str], n: int, build: Callable[[list[str]], list[Job]]) -> Callable[[int], list[Job]]:
+    """Round ``i``'s jobs: ``build`` over the ``i``-th slice of ``n`` ids."""
+    return lambda i: build(ids[i * n:(i + 1) * n])
+
+
 def compare_rounds(
     real_label: str,
-    real_rounds: list[list[Callable[[requests.Session], bool]]],
+    real_jobs: Callable[[int], list[Job]],
     bare_label: str,
-    bare_rounds: list[list[Callable[[requests.Session], bool]]],
+    bare_jobs: Callable[[int], list[Job]],
+    rounds: int,
     concurrency: int,
 ) -> list[tuple[LoadResult, LoadResult]]:
     """Run bare and real loads in alternating rounds (bare first), printing each pair.
 
     One pair of runs on a shared 2-core machine swings by a quarter from run to run; the
-    median ratio over alternating rounds is the figure to quote.
+    median ratio over alternating rounds is the figure to quote. Each round's jobs are built
+    just before it runs, so a signed webhook never waits rounds for its turn and grows stale.
     """
     pairs = []
-    for number, (bare_jobs, real_jobs) in enumerate(zip(bare_rounds, real_rounds), start=1):
-        bare = run_load(bare_label, bare_jobs, concurrency)
-        real = run_load(real_label, real_jobs, concurrency)
-        print(f"round {number}: ratio {real.throughput / bare.throughput:.2f}")
+    for number in range(rounds):
+        bare = run_load(bare_label, bare_jobs(number), concurrency)
+        real = run_load(real_label, real_jobs(number), concurrency)
+        print(f"round {number + 1}: ratio {real.throughput / bare.throughput:.2f}")
         print("  " + bare.line())
         print("  " + real.line())
         pairs.append((real, bare))

@@ -12,12 +12,14 @@ import json
 import logging
 import threading
 import uuid
+from functools import partial
 
 import sqlalchemy as sa
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from bench.harness import compare_rounds, free_port, fresh_database, gunicorn, median_ratio_line, migrate, run_load
+from bench.harness import (compare_rounds, free_port, fresh_database, gunicorn, median_ratio_line, migrate,
+                           per_round, run_load)
 
 
 @Request.application
@@ -67,8 +69,8 @@ def main() -> None:
     real_orders, bare_orders = (seed_orders(database_url, args.n * args.rounds) for _ in range(2))
     warm = seed_orders(database_url, 100)
 
-    def rounds_of(orders: list[str], url: str) -> list[list]:
-        return [jobs(url, orders[i * args.n:(i + 1) * args.n]) for i in range(args.rounds)]
+    def rounds_of(orders: list[str], url: str):
+        return per_round(orders, args.n, partial(jobs, url))
 
     print(f"initiate: n={args.n} x {args.rounds} rounds, concurrency={args.concurrency} "
           "(gunicorn gevent, 1 worker, PostgreSQL, stub 0 ms)")
@@ -78,7 +80,7 @@ def main() -> None:
             run_load("warm-up", jobs(bare_url + "/bare/initiate", warm[50:]), args.concurrency)
             pairs = compare_rounds("POST /initiate-payment", rounds_of(real_orders, app_url + "/initiate-payment"),
                                    "bare INSERT + gateway", rounds_of(bare_orders, bare_url + "/bare/initiate"),
-                                   args.concurrency)
+                                   args.rounds, args.concurrency)
     finally:
         stub.shutdown()
     print(median_ratio_line("initiate against the bare baseline", pairs, 0.5))

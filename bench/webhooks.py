@@ -10,12 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
+from functools import partial
 
 import sqlalchemy as sa
 
 from app.gateways.signing import sign
-from bench.harness import compare_rounds, fresh_database, gunicorn, median_ratio_line, migrate, run_load
+from bench.harness import compare_rounds, fresh_database, gunicorn, median_ratio_line, migrate, per_round, run_load
 from config import DEV_WEBHOOK_SECRET
+
+
+def order_of(tx_id: str) -> str:
+    """The id of the order seeded for a transaction."""
+    return f"ord_{tx_id}"
 
 
 def seed_pending(database_url: str, prefix: str, n: int) -> list[str]:
@@ -26,12 +32,12 @@ def seed_pending(database_url: str, prefix: str, n: int) -> list[str]:
         conn.execute(sa.text(
             "INSERT INTO orders (id, status, total, currency, access_code, fulfillment_attempts, created_at, "
             "updated_at) VALUES (:o, 'open', 1999, 'USD', 'CODE', 0, now(), now())"),
-            [{"o": f"ord_{t}"[:40]} for t in ids])
+            [{"o": order_of(t)} for t in ids])
         conn.execute(sa.text(
             "INSERT INTO transactions (id, order_id, amount, currency, status, gateway, expires_at, needs_review, "
             "refunded_amount, check_attempts, created_at, updated_at) VALUES (:t, :o, 1999, 'USD', 'pending', "
             "'sandbox', now() + interval '30 minutes', false, 0, 0, now(), now())"),
-            [{"t": t, "o": f"ord_{t}"[:40]} for t in ids])
+            [{"t": t, "o": order_of(t)} for t in ids])
     engine.dispose()
     return ids
 
@@ -48,6 +54,16 @@ def webhook_jobs(url: str, ids: list[str]):
     return [job_for(t) for t in ids]
 
 
+def count_fulfilled(database_url: str, tx_ids: list[str]) -> int:
+    """How many of the orders seeded for these transactions are fulfilled."""
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        count = conn.scalar(sa.text("SELECT count(*) FROM orders WHERE status = 'fulfilled' AND id = ANY(:ids)"),
+                            {"ids": [order_of(t) for t in tx_ids]})
+    engine.dispose()
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
@@ -62,8 +78,8 @@ def main() -> None:
                                                      for p in ("r", "b", "f", "q"))
     warm_ids = seed_pending(database_url, "w", 100)
 
-    def rounds_of(ids: list[str], url: str) -> list[list]:
-        return [webhook_jobs(url, ids[i * args.n:(i + 1) * args.n]) for i in range(args.rounds)]
+    def rounds_of(ids: list[str], url: str):
+        return per_round(ids, args.n, partial(webhook_jobs, url))
 
     print(f"webhooks: n={args.n} x {args.rounds} rounds, concurrency={args.concurrency} "
           f"(gunicorn gevent, {args.workers} worker(s), PostgreSQL)")
@@ -73,19 +89,17 @@ def main() -> None:
         run_load("warm-up", webhook_jobs(bare_url + "/bare/webhook", warm_ids[50:]), args.concurrency)
         pairs = compare_rounds("POST /payment-callback", rounds_of(real_ids, app_url + "/payment-callback"),
                                "bare verify+UPDATE", rounds_of(bare_ids, bare_url + "/bare/webhook"),
-                               args.concurrency)
+                               args.rounds, args.concurrency)
         print("yardstick, not the target: the same load at the floor endpoint (the contract's statements as "
               "raw SQL, no logic)")
         floor_pairs = compare_rounds(
             "POST /payment-callback", rounds_of(real_floor_ids, app_url + "/payment-callback"),
-            "floor: required SQL only", rounds_of(floor_ids, bare_url + "/bare/webhook-floor"), args.concurrency)
-    engine = sa.create_engine(database_url)
-    with engine.connect() as conn:
-        fulfilled = dict(conn.execute(sa.text(
-            "SELECT substr(id, 9, 1), count(*) FROM orders WHERE status = 'fulfilled' GROUP BY 1")).all())
-    engine.dispose()
-    print(f"orders fulfilled: real runs {fulfilled.get('r', 0) + fulfilled.get('q', 0)} of "
-          f"{len(real_ids) + len(real_floor_ids)}, floor runs {fulfilled.get('f', 0)} of {len(floor_ids)}")
+            "floor: required SQL only", rounds_of(floor_ids, bare_url + "/bare/webhook-floor"),
+            args.rounds, args.concurrency)
+    real_fulfilled = count_fulfilled(database_url, real_ids + real_floor_ids)
+    floor_fulfilled = count_fulfilled(database_url, floor_ids)
+    print(f"orders fulfilled: real runs {real_fulfilled} of {len(real_ids) + len(real_floor_ids)}, "
+          f"floor runs {floor_fulfilled} of {len(floor_ids)}")
     print(median_ratio_line("webhooks against the bare baseline", pairs, 0.7))
     print(median_ratio_line("webhooks against the floor (yardstick, no target)", floor_pairs, None))
 
