@@ -9,6 +9,7 @@ from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from app.bounded_json import BoundedJSONProvider
 from config import INSTANCE_DIR, Config, config_by_name
 
 
@@ -37,6 +38,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     """Build the app from a config class (or a dict of overrides on the environment's class)."""
     app = Flask(__name__, instance_path=str(INSTANCE_DIR), template_folder="../templates",
                 static_folder="../static")
+    app.json = BoundedJSONProvider(app)
     base = config if isinstance(config, type) else config_by_name((config or {}).get("APP_ENV"))
     app.config.from_object(base)
     if isinstance(config, dict):

@@ -8,7 +8,6 @@ Worst case with the defaults: 4 attempts x (2 s connect + 4 s read) + 3.5 s back
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Mapping
@@ -17,6 +16,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from app import bounded_json
 from app.domain.status import Status
 from app.gateways import signing
 from app.gateways.base import (
@@ -128,7 +128,8 @@ class SandboxGateway:
             raise GatewayUnavailable(f"gateway answered {response.status_code} after retries")
         code = None
         try:
-            code = response.json().get("error")
+            body = bounded_json.loads(response.content)
+            code = body.get("error") if isinstance(body, dict) else None
         except ValueError:
             pass
         raise GatewayRejected(f"gateway refused {method} {path}: {response.status_code}", response.status_code, code)
@@ -136,7 +137,7 @@ class SandboxGateway:
     @staticmethod
     def _json(response: requests.Response) -> dict:
         try:
-            data = response.json()
+            data = bounded_json.loads(response.content)
         except ValueError as exc:
             raise GatewayError("gateway answered with a body that is not JSON") from exc
         if not isinstance(data, dict):
@@ -202,8 +203,8 @@ class SandboxGateway:
         except signing.SignatureError as exc:
             raise WebhookRejected(exc.reason, exc.message, headers.get("webhook-id")) from None
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            payload = bounded_json.loads(body)
+        except ValueError:  # UnicodeDecodeError and too deep nesting included
             raise WebhookRejected("malformed_body", "The body is not JSON.", webhook_id) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             raise WebhookRejected("malformed_body", "The body has no event type.", webhook_id)

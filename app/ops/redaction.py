@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+from app import bounded_json
+
 REDACTED = "[redacted]"
 _SENSITIVE_KEY = re.compile(
     r"secret|signature|password|passwd|token|authorization|cookie|(api|private|access|secret)[-_]?key"
@@ -41,6 +43,6 @@ def pretty_text(text: str | None) -> str:
     if not text:
         return ""
     try:
-        return pretty(json.loads(text))
-    except ValueError:
+        return pretty(bounded_json.loads(text))
+    except ValueError:  # not JSON, or nested too deep to show as such
         return redact(text)

@@ -98,18 +98,26 @@ def payment_page(transaction_id: str):
         db.session.expire_all()
         tx = get_transaction(transaction_id)
     order = tx.order
+    held = holds_order(order.id)
     return render_template(
         "payments/payment.html", tx=tx, order=order, screen=SCREENS.get(tx.status, "pending"),
         status_text=STATUS_TEXT, status_label=STATUS_LABEL, screens=SCREENS, poll_seconds=POLL_SECONDS,
-        left_at_gateway="cancelled" in request.args,
-        access_code=checkout.display_access_code(order.access_code) if holds_order(order.id) else None,
+        left_at_gateway="cancelled" in request.args, can_cancel=held,
+        access_code=checkout.display_access_code(order.access_code) if held else None,
     )
 
 
 @bp.post("/payment/<transaction_id>/cancel")
 def cancel(transaction_id: str):
-    """Cancel the pending payment and go back to the order (or show why it was not cancelled)."""
+    """Cancel the pending payment and go back to the order (or show why it was not cancelled).
+
+    Only a browser that holds the order (placed it, or looked it up with its access code) may
+    cancel: the transaction id alone is what anyone with the order number can obtain.
+    """
     tx = get_transaction(transaction_id)
+    if not holds_order(tx.order_id):
+        raise ServiceError(403, "not_your_order", "Only the browser that placed this order can cancel its payment. "
+                           "Look the payment up with your order number and access code first.")
     try:
         status = checkout.cancel_payment(tx.id)
     except ServiceError as exc:

@@ -13,6 +13,7 @@ import time
 
 from flask import Flask, current_app, request
 
+from app.bounded_json import BoundedJSONProvider
 from app.sandbox import admin, api, hosted, payments
 from app.sandbox.errors import register_error_handlers
 from app.domain.money import format_minor_units
@@ -50,6 +51,7 @@ def create_sandbox_app(settings: dict | None = None) -> Flask:
     """
     resolved = resolve_settings(settings)
     app = Flask(__name__, static_folder=None)
+    app.json = BoundedJSONProvider(app)
     app.config.update(resolved)
     app.config.update(MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES, JSON_SORT_KEYS=False)
     runtime = SandboxRuntime(resolved)

@@ -39,10 +39,12 @@ def refund(transaction_id: str, amount: int, actor: str) -> Refund:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise ServiceError(422, "invalid_amount", "The refund amount must be a whole number of minor units above 0.")
     tx = get_transaction(transaction_id)
-    reserved = db.session.execute(
+    # Neither the amount nor any sum may leave the 32-bit integer column's range: more than the
+    # payment is refused here, and the reservation compares "refunded <= amount - x".
+    reserved = 0 if amount > tx.amount else db.session.execute(
         update(Transaction)
         .where(Transaction.id == tx.id, Transaction.status.in_(REFUNDABLE),
-               Transaction.refunded_amount + amount <= Transaction.amount)
+               Transaction.refunded_amount <= Transaction.amount - amount)
         .values(refunded_amount=Transaction.refunded_amount + amount)
         .execution_options(synchronize_session=False)
     ).rowcount

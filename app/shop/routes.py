@@ -6,6 +6,7 @@ from app.extensions import csrf, limiter
 from app.http import json_body
 from app.services import catalog, orders
 from app.shop import bp
+from app.shop.pages import remember_order
 from app.shop.schemas import OrderRequest
 
 
@@ -22,6 +23,7 @@ def api_create_order():
     order = orders.place_order([(line.sku, line.quantity) for line in body.items])
     data = order.to_dict(with_items=True)
     data["access_code"] = order.access_code
+    remember_order(order.id)  # a browser that places an order by the API holds it, as by the pages
     return jsonify(data), 201
 
 

@@ -14,7 +14,32 @@ def test_non_json_body_is_415(client, path):
 def test_malformed_json_is_400(client, path):
     response = client.post(path, data="{not json", content_type="application/json")
     assert response.status_code == 400
-    assert response.get_json() == {"error": "malformed_json", "message": "The request body is not valid JSON."}
+    assert response.get_json() == {"error": "malformed_json",
+                                   "message": "The request body is not valid JSON (or nests deeper than 32 levels)."}
+
+
+DEEP_BODIES = {
+    # the decoder itself runs out of stack on this one (60 KB, under the 64 KB limit)
+    "decoder": "[" * 30000 + "]" * 30000,
+    # this one parses, but is deeper than any walk over it should have to go
+    "walk": '{"order_id": "x", "items": [{"sku": "TEE-BLACK", "quantity": 1}], "x": ' + "[" * 600 + "]" * 600 + "}",
+    "just over the bound": '{"order_id": "x", "x": ' + "[" * 32 + "]" * 32 + "}",
+}
+
+
+@pytest.mark.parametrize("path", ["/api/orders", "/initiate-payment"])
+@pytest.mark.parametrize("body", DEEP_BODIES.values(), ids=DEEP_BODIES.keys())
+def test_deeply_nested_json_is_400_not_a_fault(client, path, body, caplog):
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "malformed_json"
+    assert "unhandled fault" not in caplog.text
+
+
+def test_nesting_within_the_bound_is_still_json(client):
+    body = '{"items": [{"sku": "NO-SUCH-SKU", "quantity": 1}], "x": ' + "[" * 30 + "]" * 30 + "}"
+    response = client.post("/api/orders", data=body, content_type="application/json")
+    assert response.get_json()["error"] != "malformed_json"
 
 
 def test_wrong_method_is_405_json(client):

@@ -63,6 +63,22 @@ def test_4xx_is_a_rejection_not_retried(gw):
 
 
 @responses.activate
+@pytest.mark.parametrize("body", ['["a", "list"]', "[" * 30000 + "]" * 30000, "not json"])
+def test_odd_refusal_bodies_are_still_a_rejection(gw, body):
+    responses.post(f"{BASE}/refunds", status=422, body=body, content_type="application/json")
+    with pytest.raises(GatewayRejected) as caught:
+        gw.refund("txn_1", 500, "rf_3")
+    assert caught.value.code is None
+
+
+@responses.activate
+def test_a_deeply_nested_answer_is_a_gateway_error(gw):
+    responses.get(f"{BASE}/status/txn_1", body="[" * 30000 + "]" * 30000, content_type="application/json")
+    with pytest.raises(GatewayError):
+        gw.fetch_status("txn_1")
+
+
+@responses.activate
 def test_timeouts_are_retried_then_unavailable(gw):
     responses.get(f"{BASE}/status/txn_1", body=requests.exceptions.ReadTimeout("slow"))
     with pytest.raises(GatewayUnavailable):

@@ -79,3 +79,20 @@ def test_every_post_form_on_every_page_carries_the_token(csrf_app, admin, gatewa
     assert seen >= 4  # logout on each page, refund forms, re-check
     login_page = csrf_app.test_client().get("/ops/login").get_data(as_text=True)
     assert 'name="csrf_token"' in login_page
+
+
+def test_the_filter_forms_token_in_urls_is_accepted_by_no_post(csrf_app, admin, gateway):
+    client = csrf_app.test_client()
+    _, tx_id, _ = paid_transaction(client, gateway)
+    html = admin.get("/ops/transactions").get_data(as_text=True)
+    get_forms = [f for f in re.findall(r"<form\b.*?</form>", html, flags=re.S) if 'method="get"' in f]
+    assert len(get_forms) == 1
+    leaked = re.search(r'name="csrf_token" value="([^"]+)"', get_forms[0]).group(1)
+    # The filter form submits it into the query string, where history and access logs keep it.
+    assert admin.get(f"/ops/transactions?status=success&csrf_token={leaked}").status_code == 200
+    for action in ("refund", "cancel"):
+        response = admin.post(f"/ops/transactions/{tx_id}/{action}", data={"csrf_token": leaked, "amount": "100"})
+        assert response.status_code == 400, action
+    assert admin.post("/ops/logout", data={"csrf_token": leaked}).status_code == 400
+    assert refunded(csrf_app, tx_id) == 0
+    assert admin.get("/ops/transactions").status_code == 200  # still logged in

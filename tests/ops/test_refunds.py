@@ -67,6 +67,18 @@ def test_refund_above_what_remains_is_refused(app, admin_client, client, gateway
     assert refund_calls(gateway) == []
 
 
+@pytest.mark.parametrize("amount", [2**31 - 1000, 2**31 - 1, 2**31, 10**12 - 1])
+def test_a_huge_refund_after_a_partial_one_is_refused_not_an_overflow(app, admin_client, client, gateway, amount):
+    # refunded 1000 + a value near 2**31 leaves PostgreSQL's integer range if ever summed
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway_refunds(gateway)
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "1000"}).status_code == 303
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": str(amount)})
+    assert response.status_code == 422
+    assert "At most 999 minor units" in response.get_data(as_text=True)
+    assert state(app, tx_id) == ("partially_refunded", 1000, [(1000, "succeeded")])
+
+
 def test_partial_then_the_rest_then_nothing(app, admin_client, client, gateway):
     order, tx_id, total = paid_transaction(client, gateway)
     gateway_refunds(gateway)

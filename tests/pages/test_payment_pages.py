@@ -226,6 +226,26 @@ def test_cancel_without_csrf_token_is_refused(app, client, gateway, order_id):
     assert _status(app, tx_id) == "pending"
 
 
+def test_a_stranger_with_the_ids_cannot_cancel_until_the_access_code_is_shown(app, client, gateway, order_id):
+    tx_id = pay_through_pages(client, gateway, order_id)
+    gateway_expire(gateway, tx_id)
+    stranger = app.test_client()
+    # The order number is all the stranger has; the public API hands out the transaction id.
+    assert stranger.post("/initiate-payment", json={"order_id": order_id}).get_json()["transaction_id"] == tx_id
+    page = _page(stranger, tx_id)
+    assert f'action="/payment/{tx_id}/cancel"' not in page and f'action="/payment/{tx_id}/cancel"' in _page(client, tx_id)
+    refused = stranger.post(f"/payment/{tx_id}/cancel", data={"csrf_token": csrf_token(stranger, f"/payment/{tx_id}")},
+                            headers={"Accept": "application/json"})
+    assert refused.status_code == 403 and refused.get_json()["error"] == "not_your_order"
+    assert _status(app, tx_id) == "pending" and calls_to(gateway, f"/sessions/cs_{tx_id}/expire") == 0
+    with app.app_context():
+        code = db.session.get(Order, order_id).access_code
+    assert _lookup(stranger, order_id, code).status_code == 200  # now it holds the order
+    token = csrf_token(stranger, f"/payment/{tx_id}")
+    assert stranger.post(f"/payment/{tx_id}/cancel", data={"csrf_token": token}).status_code == 303
+    assert _status(app, tx_id) == "cancelled"
+
+
 # -- /payment-status -----------------------------------------------------------------------
 
 def _lookup(client, order_id: str, code: str):
