@@ -4,7 +4,9 @@
 `webhook-floor`: verify, then the statements a delivery must cost under the contract, as raw
 SQL with no logic: read, compare-and-set, order paid, dedup row, timeline lines, commit; then
 order fulfilled and its line, commit. Not a target, a yardstick: how close the real endpoint
-comes to the least its required work can cost on this stack.
+comes to the least its required work costs written one statement per write.
+`webhook-single-statement`: verify, then the same writes as two PostgreSQL statements
+(bench/single_statement.py): the least their round trips can be. Also a yardstick.
 `initiate`: one INSERT and a call to the gateway stub. Served by gunicorn like the app.
 """
 
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 from flask import Flask, jsonify, request
 
 from app.gateways import signing
+from bench.single_statement import deliver
 
 app = Flask(__name__)
 engine = sa.create_engine(os.environ["DATABASE_URL"], pool_size=20)
@@ -26,13 +29,19 @@ GATEWAY = os.environ.get("PAYMENT_GATEWAY_URL", "")
 http = requests.Session()
 
 
-def _verified_transaction_id() -> str | None:
-    """The delivery's transaction id when its signature verifies, else None."""
+def _verified_data() -> dict | None:
+    """The delivery's `data` when its signature verifies, else None."""
     try:
         signing.verify([SECRET], request.headers, request.get_data())
     except signing.SignatureError:
         return None
-    return request.get_json()["data"]["transaction_id"]
+    return request.get_json()["data"]
+
+
+def _verified_transaction_id() -> str | None:
+    """The delivery's transaction id when its signature verifies, else None."""
+    data = _verified_data()
+    return None if data is None else data["transaction_id"]
 
 
 @app.post("/bare/webhook")
@@ -79,6 +88,15 @@ def bare_webhook_floor():
     with engine.begin() as conn:
         for statement in FLOOR_SECOND:
             conn.execute(sa.text(statement), values)
+    return jsonify(received=True)
+
+
+@app.post("/bare/webhook-single-statement")
+def bare_webhook_single_statement():
+    data = _verified_data()
+    if data is None:
+        return jsonify(error="invalid"), 400
+    deliver(engine, data["transaction_id"], data["amount"], data["currency"], request.headers["webhook-id"])
     return jsonify(received=True)
 
 

@@ -113,7 +113,7 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
     def line(self) -> str:
-        return (f"{self.label:<28} {self.throughput:8.1f} req/s   p50 {self.pct(50):7.2f} ms   "
+        return (f"{self.label:<32} {self.throughput:8.1f} req/s   p50 {self.pct(50):7.2f} ms   "
                 f"p99 {self.pct(99):7.2f} ms   errors {self.errors}")
 
 
@@ -181,6 +181,6 @@ def median_ratio_line(name: str, pairs: list[tuple[LoadResult, LoadResult]], tar
     ratios = sorted(real.throughput / bare.throughput for real, bare in pairs)
     ratio = statistics.median(ratios)
     verdict = "" if target is None else f"; {'meets' if ratio >= target else 'below'} the target {target}"
-    real_p50 = statistics.median(statistics.median(real.latencies) for real, _ in pairs) * 1000
+    measured_p50 = statistics.median(statistics.median(real.latencies) for real, _ in pairs) * 1000
     return (f"{name}: median ratio {ratio:.2f} over {len(pairs)} rounds "
-            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}{verdict})  real p50 {real_p50:.2f} ms")
+            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}{verdict})  p50 {measured_p50:.2f} ms")

@@ -3,6 +3,8 @@
 Starts gunicorn on PostgreSQL, creates N pending transactions for each side, sends one signed
 success webhook per transaction with 32 concurrent clients, and prints both throughputs, the
 ratio and p50/p99. Target ratio: at least 0.7.  Usage: python -m bench.webhooks [--n 2000]
+[--yardsticks]. With --yardsticks it also measures endpoints that split the gap between the two
+(YARDSTICKS below), each against the bare baseline in its own rounds.
 """
 
 from __future__ import annotations
@@ -64,18 +66,30 @@ def count_fulfilled(database_url: str, tx_ids: list[str]) -> int:
     return count
 
 
+# Yardsticks, each measured against the bare baseline in its own alternating rounds (--yardsticks):
+# (label, which server, path). None is a target; together they say where the time goes.
+YARDSTICKS = [
+    ("floor: SQL, statement per write", "bare", "/bare/webhook-floor"),
+    ("floor: SQL as 2 statements", "bare", "/bare/webhook-single-statement"),
+    ("app stack: the one UPDATE", "yardsticks", "/bench/update"),
+    ("app stack: 2 statements", "yardsticks", "/bench/single-statement"),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, the same for both sides")
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/real rounds, n webhooks each")
+    parser.add_argument("--yardsticks", action="store_true",
+                        help="also measure the yardstick endpoints against the bare baseline (no targets)")
     args = parser.parse_args()
     database_url = fresh_database("checkout_bench_webhooks")
     migrate(database_url)
     env = {"DATABASE_URL": database_url, "PAYMENT_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET}
-    real_ids, bare_ids, floor_ids, real_floor_ids = (seed_pending(database_url, p, args.n * args.rounds)
-                                                     for p in ("r", "b", "f", "q"))
+    per_side = args.n * args.rounds
+    real_ids, bare_ids = seed_pending(database_url, "r", per_side), seed_pending(database_url, "b", per_side)
     warm_ids = seed_pending(database_url, "w", 100)
 
     def rounds_of(ids: list[str], url: str):
@@ -83,6 +97,7 @@ def main() -> None:
 
     print(f"webhooks: n={args.n} x {args.rounds} rounds, concurrency={args.concurrency} "
           f"(gunicorn gevent, {args.workers} worker(s), PostgreSQL)")
+    yardstick_lines, paid_by = [], {"real": real_ids}
     with gunicorn("wsgi:app", env, args.workers) as app_url, \
             gunicorn("bench.baseline:app", env, args.workers) as bare_url:
         run_load("warm-up", webhook_jobs(app_url + "/payment-callback", warm_ids[:50]), args.concurrency)
@@ -90,18 +105,25 @@ def main() -> None:
         pairs = compare_rounds("POST /payment-callback", rounds_of(real_ids, app_url + "/payment-callback"),
                                "bare verify+UPDATE", rounds_of(bare_ids, bare_url + "/bare/webhook"),
                                args.rounds, args.concurrency)
-        print("yardstick, not the target: the same load at the floor endpoint (the contract's statements as "
-              "raw SQL, no logic)")
-        floor_pairs = compare_rounds(
-            "POST /payment-callback", rounds_of(real_floor_ids, app_url + "/payment-callback"),
-            "floor: required SQL only", rounds_of(floor_ids, bare_url + "/bare/webhook-floor"),
-            args.rounds, args.concurrency)
-    real_fulfilled = count_fulfilled(database_url, real_ids + real_floor_ids)
-    floor_fulfilled = count_fulfilled(database_url, floor_ids)
-    print(f"orders fulfilled: real runs {real_fulfilled} of {len(real_ids) + len(real_floor_ids)}, "
-          f"floor runs {floor_fulfilled} of {len(floor_ids)}")
+        if args.yardsticks:
+            with gunicorn("bench.app_yardsticks:app", env, args.workers) as yardsticks_url:
+                servers = {"bare": bare_url, "yardsticks": yardsticks_url}
+                for number, (label, server, path) in enumerate(YARDSTICKS):
+                    print(f"yardstick, not a target: {label}")
+                    ids, again = (seed_pending(database_url, f"{kind}{number}", per_side) for kind in "yb")
+                    warm = seed_pending(database_url, f"v{number}", 50)
+                    run_load("warm-up", webhook_jobs(servers[server] + path, warm), args.concurrency)
+                    yardstick_pairs = compare_rounds(label, rounds_of(ids, servers[server] + path),
+                                                     "bare verify+UPDATE", rounds_of(again, bare_url + "/bare/webhook"),
+                                                     args.rounds, args.concurrency)
+                    yardstick_lines.append(median_ratio_line(f"yardstick {label}", yardstick_pairs, None))
+                    if path != "/bench/update":  # the one-UPDATE yardstick pays no order
+                        paid_by[label] = ids
+    for label, ids in paid_by.items():
+        print(f"orders fulfilled, {label}: {count_fulfilled(database_url, ids)} of {len(ids)}")
     print(median_ratio_line("webhooks against the bare baseline", pairs, 0.7))
-    print(median_ratio_line("webhooks against the floor (yardstick, no target)", floor_pairs, None))
+    for line in yardstick_lines:
+        print(line)
 
 
 if __name__ == "__main__":
