@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
@@ -21,6 +22,17 @@ load_dotenv(BASE_DIR / ".env")
 DEV_GATEWAY_API_KEY = "sk_sandbox_development_key"
 DEV_WEBHOOK_SECRET = "whsec_c2FuZGJveC1kZXZlbG9wbWVudC13ZWJob29rLXNlY3JldA=="
 DEV_SANDBOX_URL = "http://127.0.0.1:5001"
+
+
+def _origin(url: str | None) -> tuple:
+    """Scheme, host and port of a URL, with the loopback names counted as one host."""
+    parts = urlsplit((url or "").strip().lower())
+    host = "loopback" if parts.hostname in ("127.0.0.1", "localhost", "::1") else parts.hostname
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme, host, port
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -149,11 +161,14 @@ class ProductionConfig(Config):
             found.append("SECRET_KEY must be set.")
         if not _env("DATABASE_URL") or cls.SQLALCHEMY_DATABASE_URI.startswith("sqlite"):
             found.append("DATABASE_URL must point at PostgreSQL, not SQLite.")
-        if cls.PAYMENT_GATEWAY_API_KEY == DEV_GATEWAY_API_KEY:
+        # Compared the way they are used: the key stripped, the secret as its space-separated
+        # rotation list (a trailing newline from a mounted file, or the development secret kept
+        # beside a real one, would otherwise pass), the URL by scheme, host and port.
+        if (cls.PAYMENT_GATEWAY_API_KEY or "").strip() in ("", DEV_GATEWAY_API_KEY):
             found.append("PAYMENT_GATEWAY_API_KEY must be the real gateway key.")
-        if cls.PAYMENT_WEBHOOK_SECRET == DEV_WEBHOOK_SECRET:
-            found.append("PAYMENT_WEBHOOK_SECRET must be the real webhook secret.")
-        if cls.PAYMENT_GATEWAY_URL == DEV_SANDBOX_URL:
+        if DEV_WEBHOOK_SECRET in (cls.PAYMENT_WEBHOOK_SECRET or "").split():
+            found.append("PAYMENT_WEBHOOK_SECRET must be the real webhook secret, without the development one.")
+        if _origin(cls.PAYMENT_GATEWAY_URL) == _origin(DEV_SANDBOX_URL):
             found.append("PAYMENT_GATEWAY_URL must be the real gateway.")
         return found
 

@@ -55,6 +55,9 @@ def render(count_pending, multiprocess_dir: str | None) -> tuple[bytes, str]:
     return text + generate_latest(extra), CONTENT_TYPE_LATEST
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def init_app(app: Flask) -> None:
     """Time and count every request by its route pattern (never by raw path)."""
 
@@ -65,7 +68,9 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _count(response):
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        # Labels come from a closed set: a client's invented method must not mint a new series.
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
         started = g.get("request_started")
         if started is not None:
             REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)

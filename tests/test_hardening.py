@@ -1,9 +1,11 @@
 """Production surface: security headers, proxies, rate limits, readiness and metrics."""
 
+import json
 import re
 
 import pytest
 
+from config import DEV_GATEWAY_API_KEY, DEV_WEBHOOK_SECRET
 from tests.conftest import place_order, post_webhook, start_payment, status_event
 
 
@@ -92,6 +94,16 @@ def test_metrics_move_after_a_payment(client, gateway):
     assert _metric(text, "checkout_gateway_call_duration_seconds_count", operation="create-session", result="ok") >= 1
 
 
+def test_invented_methods_share_one_metrics_series(client):
+    labels = {"method": "other", "endpoint": "unmatched", "status": "405"}
+    before = _metric(client.get("/metrics").get_data(as_text=True), "checkout_http_requests_total", **labels)
+    for number in range(40):
+        assert client.open("/", method=f"M{number}").status_code == 405
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'method="M' not in text
+    assert _metric(text, "checkout_http_requests_total", **labels) == before + 40
+
+
 @pytest.mark.parametrize("env", [{}, {"SECRET_KEY": "x"}])
 def test_production_refuses_development_settings(env, monkeypatch):
     import subprocess
@@ -103,6 +115,44 @@ def test_production_refuses_development_settings(env, monkeypatch):
     assert done.returncode != 0
     assert "refusing to start in production" in done.stderr + done.stdout
     assert "DATABASE_URL" in done.stderr + done.stdout
+
+
+REAL = {"SECRET_KEY": "x" * 32, "DATABASE_URL": "postgresql+psycopg://app@db.internal/shop",
+        "PAYMENT_GATEWAY_API_KEY": "sk_live_real", "PAYMENT_WEBHOOK_SECRET": "whsec_cmVhbC1zZWNyZXQ=",
+        "PAYMENT_GATEWAY_URL": "https://gateway.example"}
+
+
+def _production_problems(env: dict) -> list[str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import json; from config import ProductionConfig as P; print(json.dumps(P.problems()))"],
+                          env={"APP_ENV": "production", "PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_production_with_real_settings_has_no_problems():
+    assert _production_problems(REAL) == []
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"PAYMENT_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET + "\n"}, "PAYMENT_WEBHOOK_SECRET"),
+    ({"PAYMENT_WEBHOOK_SECRET": f"whsec_cmVhbC1zZWNyZXQ= {DEV_WEBHOOK_SECRET}"}, "PAYMENT_WEBHOOK_SECRET"),
+    ({"PAYMENT_GATEWAY_API_KEY": f" {DEV_GATEWAY_API_KEY}\n"}, "PAYMENT_GATEWAY_API_KEY"),
+    ({"PAYMENT_GATEWAY_URL": "http://localhost:5001/"}, "PAYMENT_GATEWAY_URL"),
+    ({"PAYMENT_GATEWAY_URL": "HTTP://127.0.0.1:5001"}, "PAYMENT_GATEWAY_URL"),
+])
+def test_production_refuses_development_values_in_disguise(change, named):
+    problems = _production_problems({**REAL, **change})
+    assert len(problems) == 1 and named in problems[0]
+
+
+@pytest.mark.parametrize("secret", ["whsec_not-base64!", "   ", "whsec_"])
+def test_a_malformed_webhook_secret_stops_the_start_not_every_webhook(make_app, secret):
+    with pytest.raises(RuntimeError, match="configuration error: PAYMENT_WEBHOOK_SECRET"):
+        make_app(PAYMENT_WEBHOOK_SECRET=secret)
 
 
 def test_refused_webhooks_are_rate_limited_but_good_ones_are_not(make_app, database_url):

@@ -19,4 +19,4 @@ def init_app(app: Flask) -> None:
     def load_user(user_id: str):
         from app.models import User
 
-        return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+        return db.session.get(User, int(user_id)) if user_id.isascii() and user_id.isdigit() else None

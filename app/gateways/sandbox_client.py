@@ -65,6 +65,14 @@ class SandboxGateway:
         backoff: float = 0.5,
     ):
         self.base_url = base_url.rstrip("/")
+        if not webhook_secrets:
+            raise RuntimeError("configuration error: PAYMENT_WEBHOOK_SECRET is empty")
+        for number, secret in enumerate(webhook_secrets, 1):
+            try:  # refuse a malformed secret at start-up, not with a fault on every webhook
+                signing.decode_secret(secret)
+            except ValueError as exc:
+                raise RuntimeError(f"configuration error: PAYMENT_WEBHOOK_SECRET, secret {number} of "
+                                   f"{len(webhook_secrets)}: {exc} (expected whsec_ followed by base64)") from None
         self.webhook_secrets = webhook_secrets
         self.timeout = (connect_timeout, read_timeout)
         retry = Retry(

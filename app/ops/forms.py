@@ -24,7 +24,8 @@ class RefundForm(FlaskForm):
     submit = SubmitField("Refund")
 
     def validate_amount(self, field) -> None:
-        if field.data and field.data.strip().isdigit() and int(field.data) <= 0:
+        text = (field.data or "").strip()
+        if text.isascii() and text.isdigit() and int(text) <= 0:  # the Regexp above reports the rest
             raise ValidationError("The amount must be above 0.")
 
     @property

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from app.extensions import db, socketio
 from app.models import Transaction
+from app.services.payments import find_transaction
 
 log = logging.getLogger(__name__)
 OPS_ROOM = "ops"
@@ -37,11 +38,9 @@ def register_events() -> None:
     """Attach the Socket.IO handlers of contract section 5."""
 
     @socketio.on("join")
-    def on_join(data):
+    def on_join(data=None, *_extra):  # a client may send no argument, or several
         transaction_id = data.get("transaction_id") if isinstance(data, dict) else None
-        exists = (isinstance(transaction_id, str) and 0 < len(transaction_id) <= 40 and "\x00" not in transaction_id
-                  and db.session.get(Transaction, transaction_id) is not None)
-        if not exists:
+        if find_transaction(transaction_id) is None:
             socketio.emit("payment_error", {"error": "transaction_not_found"}, to=request.sid)
             db.session.remove()
             return

@@ -29,12 +29,12 @@ _EXPIRY = re.compile(r"^\s*(\d{1,2})\s*/\s*(\d{2}|\d{4})\s*$")
 def normalize_number(raw: str) -> str:
     """The card number without spaces or dashes ('' when anything else is in it)."""
     compact = re.sub(r"[\s-]", "", raw or "")
-    return compact if compact.isdigit() else ""
+    return compact if compact.isascii() and compact.isdigit() else ""  # "²".isdigit() is True
 
 
 def passes_luhn(number: str) -> bool:
     """True when ``number`` (digits only) passes the Luhn checksum."""
-    if not number.isdigit():
+    if not (number.isascii() and number.isdigit()):
         return False
     total = 0
     for index, char in enumerate(reversed(number)):

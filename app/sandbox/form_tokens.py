@@ -26,10 +26,11 @@ def issue_token(secret: str, purpose: str, now: float | None = None) -> str:
 def token_is_valid(secret: str, purpose: str, token: str | None, now: float | None = None) -> bool:
     """True when ``token`` was issued for ``purpose`` with ``secret`` and is not too old."""
     issued_raw, _, signature = (token or "").partition(".")
-    if not issued_raw.isdigit() or not signature:
+    if not (issued_raw.isascii() and issued_raw.isdigit()) or len(issued_raw) > 12 or not signature:
         return False
     issued = int(issued_raw)
     current = time.time() if now is None else now
     if not -60 <= current - issued <= MAX_AGE_SECONDS:
         return False
-    return hmac.compare_digest(signature, _signature(secret, purpose, issued))
+    # as bytes: compare_digest refuses str with non-ASCII characters (TypeError)
+    return hmac.compare_digest(signature.encode(), _signature(secret, purpose, issued).encode())

@@ -12,6 +12,7 @@ from typing import Callable
 
 from app.domain.status import Decision, Outcome, Status
 from app.extensions import db
+from app.gateways.base import GatewayRejected
 from app.gateways.registry import get_gateway
 from app.services import timeline
 from app.services.errors import ServiceError
@@ -20,6 +21,7 @@ from app.services.status_moves import MoveResult, TxState, apply_status, flag_fo
 
 log = logging.getLogger(__name__)
 MISMATCH = "amount_mismatch"
+FINAL_WITHOUT_MONEY = (Status.FAILURE, Status.EXPIRED, Status.CANCELLED)
 
 
 def apply_report(
@@ -72,21 +74,40 @@ def close_session(
 
     When the gateway answers that the shopper already paid (409), it is asked for the
     payment and that is applied through ``apply_report``, so a success counts only with the
-    right money. Raises GatewayError, changing nothing, when the gateway cannot be reached.
+    right money. When it has no such session (404) it is asked too: a final status is
+    applied, and a payment it does not know either is closed, since no money can have moved.
+    Raises GatewayError, changing nothing, when the gateway cannot be reached.
     """
     tx = get_transaction(transaction_id)
     gateway = get_gateway()
     if tx.gateway_session_id is None:
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary} (no gateway session was opened)")
-    if gateway.expire_session(tx.gateway_session_id) == Status.EXPIRED:
+    try:
+        closed = gateway.expire_session(tx.gateway_session_id)
+    except GatewayRejected as exc:
+        if exc.status_code != 404:
+            raise
+        closed = None  # the gateway has no such session: what does it know of the payment?
+    if closed == Status.EXPIRED:
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary}: gateway session expired")
     report = gateway.fetch_status(tx.id)
+    if closed is None and report is None:
+        # Unknown to the gateway by session and by payment: it cannot have taken any money, and
+        # asking again would only fail the same way every pass. A success it reports later is
+        # still applied (and flagged) by the transition table.
+        return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
+                            summary=f"{summary}: the gateway knows neither the session nor the payment (404)")
+    if closed is None and report.status in FINAL_WITHOUT_MONEY:
+        return apply_report(tx.id, report.status, report.amount, report.currency, source=source, actor=actor,
+                            before_commit=before_commit, summary=f"{summary}: session unknown (404), gateway says "
+                            f"{report.status.value}")
     if report is None or report.status != Status.SUCCESS:
         flag_for_review(tx.id, "gateway_inconsistent")
         said = "nothing" if report is None else report.status.value
-        timeline.record(tx.id, "flag", source, f"{summary}: the gateway refused to expire the session as paid, "
+        answered = "has no such session" if closed is None else "refused to expire the session as paid"
+        timeline.record(tx.id, "flag", source, f"{summary}: the gateway {answered}, "
                         f"but its status says {said}; left as it is", outcome="flagged", actor=actor)
         decision = Decision(Status(tx.status), closed_as, Outcome.REFUSED)
         if before_commit:
@@ -96,4 +117,6 @@ def close_session(
     return apply_report(tx.id, report.status, report.amount, report.currency, source=source, actor=actor,
                         before_commit=before_commit,
                         detail={"status": report.status.value, "amount": report.amount, "currency": report.currency},
-                        summary=f"{summary}: refused by the gateway (409), the shopper already paid")
+                        summary=f"{summary}: " + ("session unknown (404), but the gateway says the shopper paid"
+                                                  if closed is None else
+                                                  "refused by the gateway (409), the shopper already paid"))

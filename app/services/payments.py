@@ -22,9 +22,18 @@ from app.services.status_moves import apply_status
 log = logging.getLogger(__name__)
 
 
+def find_transaction(transaction_id: object) -> Transaction | None:
+    """The transaction, or None; ids that could not be ours (not ASCII text of 1-40 characters,
+    or holding NUL) are not looked up, so no odd text ever reaches the database driver."""
+    if (not isinstance(transaction_id, str) or not 0 < len(transaction_id) <= 40 or not transaction_id.isascii()
+            or "\x00" in transaction_id):
+        return None
+    return db.session.get(Transaction, transaction_id)
+
+
 def get_transaction(transaction_id: str) -> Transaction:
     """The transaction, or a 404 ServiceError."""
-    tx = db.session.get(Transaction, transaction_id) if len(transaction_id) <= 40 else None
+    tx = find_transaction(transaction_id)
     if tx is None:
         raise ServiceError(404, "transaction_not_found", "No transaction has that id.")
     return tx

@@ -53,7 +53,7 @@ def _cart_lines() -> tuple[list[tuple[str, int]], dict, str | None]:
         raw[sku] = text
         if text in ("", "0"):
             continue
-        if not text.isdigit() or not 1 <= int(text) <= 99:
+        if not (text.isascii() and text.isdigit() and len(text) <= 2) or int(text) < 1:
             problem = "Quantities are whole numbers from 0 to 99."
             continue
         lines.append((sku, int(text)))

@@ -128,3 +128,41 @@ def test_one_failing_transaction_does_not_stop_the_others(app, client, gateway):
     summary = reconcile(app, workers=2)
     assert (summary.due, summary.expired, summary.errors) == (5, 4, 1)
     assert [row(app, t).status for t in ids] == ["expired", "expired", "pending", "expired", "expired"]
+
+
+def _session_unknown(gateway, tx_id):
+    gateway.add(responses.POST, f"{GATEWAY}/sessions/cs_{tx_id}/expire", status=404, json={"error": "not_found"})
+
+
+def test_a_session_and_payment_the_gateway_does_not_know_is_expired_not_retried_forever(app, client, gateway):
+    order_id, tx_id = pending_payment(app, client, gateway, EXPIRES_AFTER + 60)
+    _session_unknown(gateway, tx_id)
+    gateway.add(responses.GET, f"{GATEWAY}/status/{tx_id}", status=404, json={"error": "not_found"})
+    summary = reconcile(app)
+    assert (summary.due, summary.expired, summary.errors) == (1, 1, 0)
+    assert row(app, tx_id).status == "expired" and order_status(app, order_id) == "open"
+    assert any("knows neither the session nor the payment" in line[2] for line in poller_lines(app, tx_id))
+    assert reconcile(app).due == 0  # done: the next pass does not ask again
+    assert expire_calls(gateway, tx_id) == 1
+
+
+@pytest.mark.parametrize(("says", "becomes", "fulfilled"), [("failure", "failure", False), ("success", "success", True)])
+def test_an_unknown_session_follows_what_the_gateway_says_of_the_payment(app, client, gateway, says, becomes,
+                                                                         fulfilled):
+    order_id, tx_id = pending_payment(app, client, gateway, EXPIRES_AFTER + 60)
+    _session_unknown(gateway, tx_id)
+    answer_status(gateway, tx_id, says)
+    summary = reconcile(app)
+    assert summary.errors == 0
+    assert row(app, tx_id).status == becomes
+    assert (order_status(app, order_id) == "fulfilled") == fulfilled
+
+
+def test_an_unknown_session_of_a_payment_still_pending_is_flagged_for_ops(app, client, gateway):
+    _, tx_id = pending_payment(app, client, gateway, EXPIRES_AFTER + 60)
+    _session_unknown(gateway, tx_id)
+    answer_status(gateway, tx_id, "pending")
+    reconcile(app)
+    tx = row(app, tx_id)
+    assert tx.status == "pending" and tx.needs_review and tx.review_reason == "gateway_inconsistent"
+    assert any("has no such session" in line[2] for line in poller_lines(app, tx_id))

@@ -64,11 +64,20 @@ def test_a_webhook_is_pushed_to_the_room(client, connect, payment):
     assert _updates(sio) == []
 
 
+NO_ARGUMENT = object()
+
+
 @pytest.mark.parametrize("data", [{"transaction_id": "txn_doesnotexist"}, {"transaction_id": "t" * 500},
-                                  {"transaction_id": 5}, {}, "txn_x", None])
+                                  {"transaction_id": 5}, {}, "txn_x", None, {"transaction_id": "txn_\ud800"},
+                                  {"transaction_id": "txn_é"}, NO_ARGUMENT, ({"transaction_id": "x"}, "extra")])
 def test_join_for_an_unknown_transaction_is_an_error_and_joins_nothing(client, connect, payment, data):
     sio = connect()
-    sio.emit("join", data)
+    if data is NO_ARGUMENT:
+        sio.emit("join")
+    elif isinstance(data, tuple):
+        sio.emit("join", *data)
+    else:
+        sio.emit("join", data)
     received = sio.get_received()
     assert [(e["name"], e["args"][0]) for e in received] == [("payment_error", {"error": "transaction_not_found"})]
     assert _rooms(sio) == set()

@@ -34,6 +34,9 @@ def test_the_cart_places_an_order_with_catalog_prices(app, client):
     ({"TEE-BLACK": "-1"}, "Quantities are whole numbers from 0 to 99."),
     ({"TEE-BLACK": "1.5"}, "Quantities are whole numbers from 0 to 99."),
     ({"TEE-BLACK": "100"}, "Quantities are whole numbers from 0 to 99."),
+    ({"TEE-BLACK": "²"}, "Quantities are whole numbers from 0 to 99."),  # isdigit() but not int()
+    ({"TEE-BLACK": "٣"}, "Quantities are whole numbers from 0 to 99."),
+    ({"TEE-BLACK": "9" * 5000}, "Quantities are whole numbers from 0 to 99."),  # past int()'s digit limit
     ({"NOPE": "1"}, "Unknown product: NOPE."),
 ])
 def test_a_bad_cart_is_shown_again_with_the_problem(client, quantities, message):

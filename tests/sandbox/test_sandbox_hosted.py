@@ -111,6 +111,7 @@ def test_0077_settles_by_itself_with_the_worker_on(make_app):
     ("field", "form", "message"),
     [
         ("card_number", {"card": "4242 4242 4242 4241"}, "This card number is not valid."),
+        ("card_number", {"card": "4242 4242 4242 42²2"}, "Enter a card number of 12 to 19 digits."),
         ("expiry", {"expiry": "01/20"}, "This card has expired."),
         ("expiry", {"expiry": "2030-01"}, "Enter the expiry date as MM/YY."),
         ("cvc", {"cvc": "12"}, "Enter the 3-digit security code."),
@@ -132,7 +133,7 @@ def test_post_without_a_valid_csrf_token_is_refused(shopper):
     other_id = shopper.session_id("tx_2")
     other_token = form_token(page_text(shopper.client.get(f"/pay/{other_id}")))
     card = {"card_number": "4242424242424242", "expiry": "12/39", "cvc": "123"}
-    for token in (None, "", "123.abc", other_token):
+    for token in (None, "", "123.abc", other_token, "².abc", f"{int(time.time())}.é", "9" * 5000 + ".abc"):
         data = {**card, **({"csrf_token": token} if token is not None else {})}
         assert shopper.client.post(f"/pay/{session_id}", data=data).status_code == 400
     assert shopper.status("tx_1") == "pending"
