@@ -211,11 +211,15 @@ def cancel(runtime, session: PaymentSession) -> PaymentSession | None:
 def expire(runtime, session_id: str) -> PaymentSession:
     """``POST /sessions/<id>/expire``: the session's status afterwards (idempotent).
 
-    A pending session becomes expired; a paid one stays paid (the route answers 409).
+    A pending session becomes expired; a paid one stays paid (the route answers 409). A card
+    already accepted and still settling (4000 0000 0000 0077) is not taken back: it settles
+    now, as "accepted, then success" promises, and the route answers 409 like any paid one.
     """
     session = find_session(runtime, session_id=session_id)
     if session is None:
         raise SandboxError(404, "session_not_found", "No session has this id.")
+    if session.status == PENDING and session.step == STEP_PROCESSING:
+        session = move_status(runtime, session, SUCCESS, steps=(STEP_PROCESSING,)) or _reload(runtime, session)
     if session.status == PENDING:
         session = move_status(runtime, session, EXPIRED) or _reload(runtime, session)
     return session

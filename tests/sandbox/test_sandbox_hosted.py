@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.sandbox.models import Delivery, PaymentSession
 
-from .support import form_token
+from .support import AUTH, form_token
 
 
 def page_text(answer) -> str:
@@ -89,6 +89,19 @@ def test_0077_is_pending_then_succeeds(shopper, runtime):
     runtime.tick()
     assert deliveries(runtime) == []
     time.sleep(0.35)  # SANDBOX_PENDING_SECONDS is 0.3 in the suite
+    runtime.tick()
+    assert shopper.status("tx_1") == "success"
+    assert [d.event_status for d in deliveries(runtime)] == ["success"]
+
+
+def test_expire_while_an_accepted_card_settles_is_409_success_not_expired(shopper, runtime):
+    session_id = shopper.session_id("tx_1")
+    assert shopper.pay(session_id, "4000 0000 0000 0077").status_code == 303
+    assert shopper.status("tx_1") == "pending"
+    answer = shopper.client.post(f"/sessions/{session_id}/expire", headers=AUTH)
+    assert answer.status_code == 409 and answer.get_json()["status"] == "success"
+    assert shopper.status("tx_1") == "success"
+    time.sleep(0.35)  # past SANDBOX_PENDING_SECONDS: the settle timer finds nothing left to do
     runtime.tick()
     assert shopper.status("tx_1") == "success"
     assert [d.event_status for d in deliveries(runtime)] == ["success"]
