@@ -9,11 +9,28 @@ from flask.cli import AppGroup
 shop_cli = AppGroup("shop", help="Catalog and demo data.")
 
 
+def require_schema() -> None:
+    """Stop with a sentence, not a traceback, when the database is unreachable or not migrated."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError
+
+    from app.extensions import db
+
+    try:
+        migrated = inspect(db.engine).has_table("transactions")
+    except OperationalError as exc:
+        first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise click.ClickException(f"cannot reach the database: {first_line}") from None
+    if not migrated:
+        raise click.ClickException("the database has no tables yet: run `flask --app wsgi db upgrade` first")
+
+
 @shop_cli.command("seed")
 def seed_command() -> None:
     """Insert the demo catalog (idempotent)."""
     from app.services.catalog import seed_demo_catalog
 
+    require_schema()
     added = seed_demo_catalog()
     click.echo(f"demo catalog: {added} product(s) added")
 

@@ -31,7 +31,9 @@ def normalize_email(email: str) -> str:
 def create_user(email: str, password: str, role: str = "viewer") -> User:
     """Create an ops user with a hashed password; raises AccountError on bad input or a taken email."""
     email = normalize_email(email)
-    if not email or len(email) > 254 or "@" not in email or any(c.isspace() for c in email):
+    local, _, domain = email.rpartition("@")
+    if (not local or not domain or "@" in local or len(email) > 254 or any(c.isspace() for c in email)
+            or domain.startswith(".") or domain.endswith(".")):
         raise AccountError(f"{email!r} is not an email address.")
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}, not {role!r}.")

@@ -10,6 +10,10 @@ EXPONENTS = {
 }
 
 
+# The money columns are 32-bit integers: no amount, line or total may exceed this.
+MAX_MINOR_UNITS = 2**31 - 1
+
+
 def format_minor_units(amount: int, currency: str) -> str:
     """``1999, "USD"`` -> ``"19.99"``; integer arithmetic only, thousands separated."""
     if isinstance(amount, bool) or not isinstance(amount, int):

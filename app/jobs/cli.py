@@ -8,6 +8,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from app.cli import require_schema
+
 payments_cli = AppGroup("payments", help="Reconciliation and expiry of payments.")
 
 
@@ -16,6 +18,7 @@ def reconcile_command() -> None:
     """Run one reconciliation pass now and print its one-line summary."""
     from app.jobs.reconcile import run_pass
 
+    require_schema()
     click.echo(run_pass().line())
 
 
@@ -28,6 +31,7 @@ def scheduler_command() -> None:
     """
     from app.jobs.scheduler import SignalStop, run_loop
 
+    require_schema()
     app = current_app._get_current_object()
     stop = SignalStop()  # not a threading.Event: its set() may deadlock inside a signal handler
 

@@ -15,7 +15,9 @@ ops_cli = AppGroup("ops", help="Ops staff accounts.")
 def create_user_command(email: str, role: str, password: str) -> None:
     """Create an ops user who can log in at /ops/login."""
     from app.auth.accounts import AccountError, create_user
+    from app.cli import require_schema
 
+    require_schema()
     try:
         user = create_user(email, password, role)
     except AccountError as exc:

@@ -84,6 +84,8 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             stamp, transaction_id = raw.split("|", 1)
+            if "\x00" in transaction_id:  # PostgreSQL refuses NUL in text: not one of ours
+                return None
             return cls(datetime.fromisoformat(stamp), transaction_id)
         except (ValueError, UnicodeDecodeError, binascii.Error):
             return None
@@ -106,7 +108,7 @@ def _conditions(filters: ListFilters, *, with_status: bool = True) -> list:
         conds.append(Transaction.needs_review == filters.flagged)
     if filters.created_from:
         conds.append(Transaction.created_at >= datetime.combine(filters.created_from, time.min))
-    if filters.created_to:
+    if filters.created_to and filters.created_to < date.max:  # "to the last day there is" filters nothing
         conds.append(Transaction.created_at < datetime.combine(filters.created_to + timedelta(days=1), time.min))
     if filters.search:
         term = filters.search.strip()[:40]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from app.domain.money import MAX_MINOR_UNITS, format_minor
 from app.extensions import db
 from app.models import Order, OrderItem, Product
 from app.services.errors import ServiceError
@@ -37,6 +38,9 @@ def place_order(lines: list[tuple[str, int]]) -> Order:
             OrderItem(sku=sku, name=product.name, unit_price=product.price, quantity=quantity, line_total=line_total)
         )
         order.total += line_total
+    if order.total > MAX_MINOR_UNITS:  # the money columns are 32-bit; a line is never more than its order
+        raise ServiceError(422, "order_too_large",
+                           f"An order may total at most {format_minor(MAX_MINOR_UNITS, order.currency)}.")
     db.session.add(order)
     db.session.commit()
     return order

@@ -155,3 +155,54 @@ def test_check_status_shape_and_404(client, gateway):
     missing = client.get("/check-payment-status/txn_missing")
     assert missing.status_code == 404
     assert missing.get_json()["error"] == "transaction_not_found"
+
+
+def _race_two_initiations(app, client, gateway, order_id: str, second_fails: bool):
+    """The first initiation's create-session call runs a whole second initiation for the same
+    order (another browser tab) before it answers; one of the two gateway calls fails."""
+    state = {"first": True, "second": None}
+
+    def create(request):
+        key = request.headers["Idempotency-Key"]
+        if state["first"]:
+            state["first"] = False
+            state["second"] = app.test_client().post("/initiate-payment", json={"order_id": order_id})
+            if not second_fails:
+                raise requests.ConnectionError("the first tab's call is lost")
+        elif second_fails and state["second"] is None:
+            raise requests.ConnectionError("the second tab's call is lost")
+        elif not second_fails and state["second"] is not None:
+            raise requests.ConnectionError("the first tab's call is lost")
+        return 200, {}, json.dumps({"session_id": f"cs_{key}", "payment_url": f"{GATEWAY}/pay/cs_{key}"})
+
+    gateway.add_callback(responses.POST, f"{GATEWAY}/create-session", callback=create)
+    first = client.post("/initiate-payment", json={"order_id": order_id})
+    return first, state["second"]
+
+
+def _handed_out(*answers) -> dict[str, str]:
+    """transaction id -> payment_url of every answer that gave the shopper a payment page."""
+    return {a.get_json()["transaction_id"]: a.get_json()["payment_url"] for a in answers
+            if a.status_code in (200, 201) and a.get_json().get("payment_url")}
+
+
+def test_a_failed_racing_initiation_never_fails_a_payment_whose_page_was_handed_out(app, client, gateway):
+    order_id = place_order(client)["order_id"]
+    first, second = _race_two_initiations(app, client, gateway, order_id, second_fails=True)
+    assert second.status_code == 502
+    for tx_id in _handed_out(first, second):  # a page in a shopper's hands belongs to a live payment
+        assert client.get(f"/check-payment-status/{tx_id}").get_json()["status"] == "pending"
+    assert first.status_code == 502  # the payment was given up while its page was being opened
+    third = client.post("/initiate-payment", json={"order_id": order_id})
+    assert third.status_code == 201 and third.get_json()["transaction_id"] != first.get_json()["transaction_id"]
+
+
+def test_a_failed_gateway_call_hands_out_the_page_a_racing_initiation_opened(app, client, gateway):
+    order_id = place_order(client)["order_id"]
+    first, second = _race_two_initiations(app, client, gateway, order_id, second_fails=False)
+    assert second.status_code == 200 and second.get_json()["payment_url"]
+    assert first.status_code == 201
+    assert first.get_json()["payment_url"] == second.get_json()["payment_url"]
+    tx_id = first.get_json()["transaction_id"]
+    assert second.get_json()["transaction_id"] == tx_id
+    assert client.get(f"/check-payment-status/{tx_id}").get_json()["status"] == "pending"

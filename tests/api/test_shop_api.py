@@ -69,3 +69,18 @@ def test_mixed_currencies_are_refused(client, app):
                                                           {"sku": "EUR-THING", "quantity": 1}]})
     assert response.status_code == 422
     assert response.get_json()["error"] == "mixed_currencies"
+
+
+def test_an_order_past_the_money_columns_range_is_refused(client, app):
+    from app.extensions import db
+    from app.models import Product
+
+    with app.app_context():
+        db.session.add(Product(sku="CAR", name="A car", price=30_000_000, currency="USD"))
+        db.session.commit()
+    for items in ([{"sku": "CAR", "quantity": 99}], [{"sku": "CAR", "quantity": 60}, {"sku": "CAR", "quantity": 39}],
+                  [{"sku": "CAR", "quantity": 72}]):
+        response = client.post("/api/orders", json={"items": items})
+        assert response.status_code == 422, items
+        assert response.get_json()["error"] == "order_too_large"
+    assert client.post("/api/orders", json={"items": [{"sku": "CAR", "quantity": 71}]}).status_code == 201
