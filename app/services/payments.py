@@ -76,20 +76,25 @@ _SAVE_SESSION = (  # only onto a payment still pending with no page: never reviv
            _transactions.c.payment_url.is_(None))
     .values(gateway_session_id=bindparam("session_id"), payment_url=bindparam("url"))
 )
+_HOLD_PAYMENT = (  # a no-op write: takes the row's lock (the database's write lock on SQLite)
+    _transactions.update().where(_transactions.c.id == bindparam("tx_id"))
+    .values(updated_at=_transactions.c.updated_at)
+)
 _READ_SESSION = select(_transactions.c.status, _transactions.c.payment_url).where(
     _transactions.c.id == bindparam("tx_id"))
 
 
-def _lock_and_read_session(tx: _Payment):
-    """Take the order's write lock, then read the payment's status and page, in the open transaction.
+def _read_session(tx: _Payment, *, hold: bool = False):
+    """The payment's status and page now; with ``hold``, first take its row's write lock.
 
     Two initiations for one order can both be opening the same payment's session (the gateway
-    answers both with the same one: the Idempotency-Key is the transaction id). Saving a page
-    and giving up on a failed call both happen under this lock, so neither acts on a stale view
-    of the other.
+    answers both with the same one: the Idempotency-Key is the transaction id). A failed call
+    holds the row while it decides, so a racing save either landed before it (and its page is
+    handed out instead) or waits and then finds the payment failed (and saves nothing).
     """
     connection = db.session.connection()
-    connection.execute(_LOCK_ORDER, {"order_id": tx.order_id, "now": utcnow()})
+    if hold:
+        connection.execute(_HOLD_PAYMENT, {"tx_id": tx.id})
     return connection.execute(_READ_SESSION, {"tx_id": tx.id}).one()
 
 
@@ -121,10 +126,10 @@ def _open_session(tx: _Payment) -> _Payment:
         expires_at=tx.expires_at,
     )
     session = get_gateway().create_session(request)
-    current = _lock_and_read_session(tx)
     saved = db.session.connection().execute(_SAVE_SESSION, {"tx_id": tx.id, "session_id": session.session_id,
                                                             "url": session.payment_url}).rowcount
     if saved != 1:  # a racing initiation saved the page first, or gave the payment up as failed
+        current = _read_session(tx)
         db.session.commit()
         if current.status == Status.PENDING.value and current.payment_url is not None:
             return replace(tx, payment_url=current.payment_url)
@@ -172,13 +177,13 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
             tx = _open_session(tx)
         except GatewayError as exc:
             db.session.rollback()
-            current = _lock_and_read_session(tx)
+            current = _read_session(tx, hold=True)
             if current.status == Status.PENDING.value and current.payment_url is not None:
                 db.session.commit()  # a racing initiation opened the page meanwhile: hand out that one
                 log.info("txn=%s gateway failed (%s) but a racing initiation opened the page", tx.id, exc)
                 return (201 if created else 200), _initiation_body(replace(tx, payment_url=current.payment_url))
             log.warning("txn=%s gateway failed: %s", tx.id, exc)
-            # Still under the order's lock: apply_status joins this transaction and commits it.
+            # Still holding the row: apply_status joins this transaction and commits it.
             apply_status(tx.id, Status.FAILURE, source="api", summary=f"gateway unavailable: {exc}"[:300])
             raise ServiceError(502, "gateway_unavailable",
                                "The payment gateway is not answering; please try again in a moment.",
