@@ -122,6 +122,8 @@ def init_app(app: Flask) -> None:
             message = "This method is not allowed here."
         elif status == 404:
             message = "Nothing is at this address."
+        elif status == 429:
+            message = f"Too many requests; please wait a moment and try again (limit: {exc.description})."
         else:
             message = exc.description or "The request could not be handled."
         body, status = _page_or_json(status, code, message)

@@ -18,9 +18,13 @@ def _ok(description: str, schema_ref: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
 
 
-_COMMON_ERRORS = {"429": _error("Too many requests."), "500": _error("Unexpected fault (logged with a reference).")}
+_COMMON_ERRORS = {
+    "400": _error("A NUL character in the path, query or a header (invalid_characters); for a JSON body, "
+                  "also malformed JSON (malformed_json)."),
+    "429": _error("Too many requests."),
+    "500": _error("Unexpected fault (logged with a reference)."),
+}
 _BODY_ERRORS = {
-    "400": _error("Malformed JSON."),
     "413": _error("Body too large."),
     "415": _error("Not application/json."),
     "422": _error("The body does not validate."),
@@ -68,6 +72,23 @@ SPEC: dict = {
             "responses": {"200": _ok("The payment's status.", "PaymentStatus"),
                           "404": _error("No such transaction."), **_COMMON_ERRORS},
         }},
+        "/payment-callback": {"post": {
+            "operationId": "paymentCallback",
+            "description": "The gateway's Standard Webhooks delivery (contract sections 3 and 4), verified on the "
+                           "raw body. Duplicates, unknown transactions and refused moves are acknowledged with 200.",
+            "parameters": [{"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+                           for name in ("webhook-id", "webhook-timestamp", "webhook-signature")],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/WebhookEvent"}}}},
+            "responses": {
+                "200": _ok("Received: applied, duplicate, unknown_transaction, refused, ignored, ...", "Received"),
+                "400": _error("Missing or wrong signature, a timestamp more than 300 s away, or a body that is "
+                              "not an event (invalid_webhook; the reason is in `reason`)."),
+                "413": _error("Body too large."),
+                "429": _error("Too many refused deliveries from this address."),
+                "500": _COMMON_ERRORS["500"],
+            },
+        }},
         "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Alive."}}}},
         "/readyz": {"get": {"operationId": "readyz", "responses": {
             "200": {"description": "Database (and Redis) reachable."},
@@ -103,6 +124,13 @@ SPEC: dict = {
                           "transaction_id": {"type": "string"}, "status": {"enum": STATUSES},
                           "payment_url": {"type": "string"}, "expires_at": {"type": "string"},
                           "status_url": {"type": "string"}}},
+        "WebhookEvent": {"type": "object", "required": ["type", "data"], "properties": {
+            "type": {"type": "string"}, "timestamp": {"type": "string"},
+            "data": {"type": "object", "properties": {
+                "transaction_id": {"type": "string"}, "session_id": {"type": "string"}, "status": {"enum": STATUSES},
+                "amount": {"type": "integer"}, "currency": {"type": "string"}}}}},
+        "Received": {"type": "object", "required": ["received", "outcome"], "properties": {
+            "received": {"const": True}, "outcome": {"type": "string"}}},
         "PaymentStatus": {"type": "object",
                           "required": ["transaction_id", "order_id", "status", "amount", "currency", "updated_at"],
                           "properties": {

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import responses
 
 from config import DEV_GATEWAY_API_KEY, DEV_WEBHOOK_SECRET
 from tests.conftest import place_order, post_webhook, start_payment, status_event
@@ -19,6 +20,32 @@ def test_security_headers_on_pages_and_json(client):
     assert "Strict-Transport-Security" not in page.headers  # plain http in tests
     api = client.get("/api/products")
     assert api.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def _form_action(csp: str) -> list[str]:
+    return next(d.split()[1:] for d in csp.split("; ") if d.startswith("form-action"))
+
+
+@pytest.mark.parametrize(("gateway_url", "pages", "allowed"), [
+    ("https://api.gateway.example/v1", (), ["'self'", "https://api.gateway.example"]),
+    ("https://api.gateway.example", ("https://pay.gateway.example", "https://pay.gateway.example/x"),
+     ["'self'", "https://api.gateway.example", "https://pay.gateway.example"]),
+    # the sandbox run standalone may answer with a payment_url on the other loopback name
+    ("http://localhost:5174", (), ["'self'", "http://127.0.0.1:5174", "http://localhost:5174"]),
+])
+def test_pay_may_be_redirected_to_every_origin_of_the_gateways_pages(make_app, gateway_url, pages, allowed):
+    app = make_app(PAYMENT_GATEWAY_URL=gateway_url, PAYMENT_PAGE_ORIGINS=pages)
+    csp = app.test_client().get("/").headers["Content-Security-Policy"]
+    assert _form_action(csp) == allowed
+
+
+def test_a_payment_url_that_is_not_a_web_address_is_a_gateway_failure(client, gateway):
+    gateway.add(responses.POST, "http://gateway.test/create-session",
+                json={"session_id": "cs_1", "payment_url": "javascript:alert(1)"})
+    order = place_order(client)
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert response.status_code == 502 and response.get_json()["error"] == "gateway_unavailable"
+    assert "javascript:" not in client.get(f"/payment/{response.get_json()['transaction_id']}").get_data(as_text=True)
 
 
 def test_hsts_behind_a_tls_proxy(make_app, database_url):
@@ -40,7 +67,8 @@ def test_rate_limited_orders_answer_429_json(make_app, database_url):
     assert codes == [201, 201, 429]
     limited = client.post("/api/orders", json=body)
     assert limited.get_json()["error"] == "rate_limited"
-    assert isinstance(limited.get_json()["message"], str)
+    assert limited.get_json()["message"] == \
+        "Too many requests; please wait a moment and try again (limit: 2 per 1 minute)."
     assert "Retry-After" in limited.headers
 
 

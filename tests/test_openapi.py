@@ -46,8 +46,8 @@ def live_url(tmp_path_factory):
 def test_the_description_is_served(live_url):
     served = requests.get(f"{live_url}/openapi.json", timeout=5).json()
     assert served["openapi"] == "3.1.0"
-    assert set(served["paths"]) >= {"/api/products", "/api/orders", "/initiate-payment",
-                                    "/check-payment-status/{transaction_id}"}
+    assert set(served["paths"]) >= {"/api/products", "/api/orders", "/api/orders/{order_id}", "/initiate-payment",
+                                    "/check-payment-status/{transaction_id}", "/payment-callback"}
 
 
 @schema.parametrize()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -169,6 +170,8 @@ class SandboxGateway:
         session_id, payment_url = data.get("session_id"), data.get("payment_url")
         if not isinstance(session_id, str) or not isinstance(payment_url, str):
             raise GatewayError("gateway create-session answer lacks session_id or payment_url")
+        if urlsplit(payment_url).scheme not in ("https", "http") or not urlsplit(payment_url).netloc:
+            raise GatewayError("gateway create-session answer has a payment_url that is not a web address")
         return CreatedSession(session_id, payment_url)
 
     def fetch_status(self, transaction_id: str) -> GatewayStatus | None:

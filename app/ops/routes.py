@@ -34,6 +34,19 @@ def _staff_only():
     return None
 
 
+@bp.record_once
+def _guard_unmatched_paths(state) -> None:
+    """An /ops address that matches no page (or not by this method) also sends strangers to
+    /ops/login, rather than telling them with a 404 or 405 what exists."""
+
+    @state.app.before_request
+    def _staff_only_unmatched():
+        unmatched = request.url_rule is None and (request.path == "/ops" or request.path.startswith("/ops/"))
+        if unmatched and not current_user.is_authenticated:
+            return login_manager.unauthorized()
+        return None
+
+
 def admin_required(view):
     """Refuse the action with 403 unless the staff member is an admin."""
 

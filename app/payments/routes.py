@@ -6,17 +6,21 @@ from app.extensions import csrf, limiter
 from app.http import json_body
 from app.payments import bp
 from app.payments.schemas import InitiatePaymentRequest
-from app.services import payments
+from app.services import idempotency, payments
+from app.services.errors import ServiceError
 
 
 @bp.post("/initiate-payment")
 @csrf.exempt  # JSON only (415 otherwise), which a cross-site form cannot send
 @limiter.limit(lambda: current_app.config["RATELIMIT_INITIATE"])
 def initiate_payment():
-    body = json_body(InitiatePaymentRequest)
-    status, data = payments.initiate_payment(
-        body.order_id, body.amount, request.headers.get("Idempotency-Key"), request.get_json()
-    )
+    key = request.headers.get("Idempotency-Key")
+    try:
+        body = json_body(InitiatePaymentRequest)
+    except ServiceError:
+        idempotency.refuse_if_taken(key)  # a used key with a refused body: another body
+        raise
+    status, data = payments.initiate_payment(body.order_id, body.amount, key, request.get_json())
     return jsonify(data), status
 
 

@@ -26,6 +26,21 @@ def fingerprint(body: object) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _reused() -> ServiceError:
+    return ServiceError(422, "idempotency_key_reused", "This Idempotency-Key was used with another request body.")
+
+
+def refuse_if_taken(key: str | None) -> None:
+    """Raise 422 idempotency_key_reused when ``key`` holds a live answer: for a request whose
+    body is refused before it could be compared, that body is necessarily another one."""
+    if not key or len(key) > MAX_KEY_LENGTH:
+        return
+    record = db.session.get(IdempotencyRecord, key)
+    ttl = timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
+    if record is not None and record.created_at >= utcnow() - ttl:
+        raise _reused()
+
+
 def begin(key: str, scope: str, print_: str) -> IdempotencyRecord | None:
     """Claim ``key`` for a new request, or return the stored answer to replay.
 
@@ -42,7 +57,7 @@ def begin(key: str, scope: str, print_: str) -> IdempotencyRecord | None:
         abandoned = record is not None and record.status_code is None and record.created_at < now - ABANDONED_AFTER
         if record is not None and not expired and not abandoned:
             if record.scope != scope or record.fingerprint != print_:
-                raise ServiceError(422, "idempotency_key_reused", "This Idempotency-Key was used with another request body.")
+                raise _reused()
             if record.status_code is None:
                 raise ServiceError(409, "idempotency_request_in_progress", "A request with this Idempotency-Key is still being answered; retry shortly.")
             db.session.rollback()

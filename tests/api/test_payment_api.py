@@ -91,6 +91,21 @@ def test_idempotency_key_replays_the_same_answer(client, gateway):
     assert reused.get_json()["error"] == "idempotency_key_reused"
 
 
+@pytest.mark.parametrize(("data", "content_type"), [
+    ("{not json", "application/json"), ('{"order_id": 5}', "application/json"), ("order_id=x", "text/plain"),
+])
+def test_a_used_key_with_a_body_refused_outright_is_reused_not_another_error(client, gateway, data, content_type):
+    open_sessions(gateway)
+    order = place_order(client)
+    headers = {"Idempotency-Key": "key-used"}
+    assert client.post("/initiate-payment", json={"order_id": order["order_id"]}, headers=headers).status_code == 201
+    reused = client.post("/initiate-payment", data=data, content_type=content_type, headers=headers)
+    assert reused.status_code == 422 and reused.get_json()["error"] == "idempotency_key_reused"
+    # without a used key the same bodies get their own errors
+    fresh = client.post("/initiate-payment", data=data, content_type=content_type, headers={"Idempotency-Key": "new"})
+    assert fresh.get_json()["error"] in ("malformed_json", "validation_error", "unsupported_media_type")
+
+
 def test_idempotency_key_replays_refusals_too(client, gateway):
     headers = {"Idempotency-Key": "k-404"}
     first = client.post("/initiate-payment", json={"order_id": "ord_missing"}, headers=headers)
@@ -130,7 +145,7 @@ def test_gateway_down_gives_502_and_a_failed_transaction(client, gateway):
 def test_gateway_5xx_is_retried_with_the_same_key_then_succeeds(client, gateway):
     gateway.add(responses.POST, f"{GATEWAY}/create-session", status=503, json={"error": "busy"})
     gateway.add(responses.POST, f"{GATEWAY}/create-session", status=429, json={"error": "slow down"})
-    gateway.add(responses.POST, f"{GATEWAY}/create-session", json={"session_id": "cs_1", "payment_url": "u"})
+    gateway.add(responses.POST, f"{GATEWAY}/create-session", json={"session_id": "cs_1", "payment_url": f"{GATEWAY}/pay/cs_1"})
     order = place_order(client)
     response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
     assert response.status_code == 201

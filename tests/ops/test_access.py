@@ -54,6 +54,19 @@ def test_anonymous_users_are_sent_to_login_everywhere(app, client, gateway):
     assert events_count(app) == before  # nothing happened on anyone's behalf
 
 
+@pytest.mark.parametrize(("method", "path"), [("GET", "/ops/nope"), ("GET", "/ops/transactions/x/y"),
+                                             ("POST", "/ops/anything"), ("GET", "/ops/logout"), ("GET", "/ops")])
+def test_anonymous_users_are_sent_to_login_from_unknown_ops_addresses_too(client, method, path):
+    response = client.open(path, method=method)
+    assert response.status_code == 302, response.status_code
+    assert urlsplit(response.location).path == "/ops/login"
+
+
+def test_staff_still_get_404_and_405_on_unknown_ops_addresses(admin_client):
+    assert admin_client.get("/ops/nope").status_code == 404
+    assert admin_client.get("/ops/logout").status_code == 405
+
+
 def test_anonymous_post_without_a_token_is_refused_too(client, gateway):
     _, tx_id, _ = paid_transaction(client, gateway)
     response = client.post(f"/ops/transactions/{tx_id}/refund", data={"amount": "100"})
