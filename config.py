@@ -72,6 +72,9 @@ class Config:
 
     PAYMENT_GATEWAY = _env("PAYMENT_GATEWAY", "sandbox")
     PAYMENT_GATEWAY_URL = (_env("PAYMENT_GATEWAY_URL", DEV_SANDBOX_URL) or "").rstrip("/")
+    # Origins of the gateway's hosted pages when they differ from PAYMENT_GATEWAY_URL's
+    # (space-separated): the page's form-action must allow them for Pay to reach them.
+    PAYMENT_PAGE_ORIGINS = tuple((_env("PAYMENT_PAGE_ORIGINS") or "").split())
     PAYMENT_GATEWAY_API_KEY = _env("PAYMENT_GATEWAY_API_KEY", DEV_GATEWAY_API_KEY)
     # Several secrets may be given separated by spaces while rotating; the first signs nothing
     # here (the gateway signs), all of them are accepted when verifying.
