@@ -78,7 +78,11 @@ def test_success_card_shows_success_without_reload(live, shop_context, screensho
     assert page.evaluate("document.activeElement.textContent") == "Payment received"
     assert not page.locator("#connection-note").is_visible() and polls == []  # it was the socket
     assert page.locator("#access-code").inner_text()
-    order = requests.get(f"{live.url}/api/orders/{page.locator('#order-number').inner_text()}", timeout=5).json()
+    # The order is fulfilled when its handler returns, a moment after the success is pushed.
+    order_url = f"{live.url}/api/orders/{page.locator('#order-number').inner_text()}"
+    deadline = time.monotonic() + 10
+    while (order := requests.get(order_url, timeout=5).json())["status"] != "fulfilled" and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert order["status"] == "fulfilled" and order["paid_transaction_id"] == tx_id
     screenshot(page, "payment-success")
 

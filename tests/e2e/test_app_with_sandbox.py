@@ -78,13 +78,23 @@ def wait_for_status(app_url: str, tx_id: str, wanted: str, within: float = 10.0)
     raise AssertionError(f"{tx_id} did not become {wanted} within {within}s")
 
 
+def wait_until_fulfilled(app_url: str, tx_id: str, within: float = 10.0) -> None:
+    """The order becomes fulfilled only after its handler returned, a moment after the payment's
+    success is visible (the contract commits the two in turn), so wait for that, not for time."""
+    order_id = requests.get(f"{app_url}/check-payment-status/{tx_id}").json()["order_id"]
+    deadline = time.monotonic() + within
+    while requests.get(f"{app_url}/api/orders/{order_id}").json()["status"] != "fulfilled":
+        assert time.monotonic() < deadline, f"order {order_id} was not fulfilled within {within}s"
+        time.sleep(0.05)
+
+
 def test_card_payment_succeeds_and_fulfills_once(live):
     app_url, sandbox = live
     tx_id, submitted = pay_with_card(app_url, "4242 4242 4242 4242")
     assert submitted.status_code == 303
     assert submitted.headers["Location"].startswith(f"{app_url}/payment/{tx_id}")
     wait_for_status(app_url, tx_id, "success")
-    time.sleep(0.3)
+    wait_until_fulfilled(app_url, tx_id)
     assert [c[1] for c in fulfillment_probe.calls] == [tx_id]
 
 
@@ -113,6 +123,7 @@ def test_delayed_webhook_arrives_later(live):
     assert requests.get(f"{app_url}/check-payment-status/{tx_id}").json()["status"] == "pending"
     waited = wait_for_status(app_url, tx_id, "success", within=15)
     assert waited >= 1.0
+    wait_until_fulfilled(app_url, tx_id)
     assert [c[1] for c in fulfillment_probe.calls] == [tx_id]
 
 
