@@ -14,6 +14,16 @@ def public_id(prefix: str, nbytes: int = 16) -> str:
     return f"{prefix}_{secrets.token_urlsafe(nbytes)}"
 
 
+ID_MAX_LENGTH = 40  # the id columns' width
+
+
+def plausible_id(value: object) -> bool:
+    """Whether ``value`` could be one of our ids (ASCII text of 1-40 characters, no NUL): others
+    are not looked up at all, so no odd text from outside ever reaches the database driver."""
+    return (isinstance(value, str) and 0 < len(value) <= ID_MAX_LENGTH and value.isascii()
+            and "\x00" not in value)
+
+
 def iso(dt: datetime | None) -> str | None:
     """ISO 8601 with an explicit UTC ``Z`` for a stored naive-UTC time."""
     return None if dt is None else dt.isoformat(timespec="milliseconds") + "Z"

@@ -26,23 +26,20 @@ def _register_socket_events(_state) -> None:
     register_events()
 
 
-@bp.before_request
-def _staff_only():
-    """Every /ops page, present and future, is for logged-in staff: others go to /ops/login."""
-    if not current_user.is_authenticated:
-        return login_manager.unauthorized()
-    return None
-
-
 @bp.record_once
-def _guard_unmatched_paths(state) -> None:
-    """An /ops address that matches no page (or not by this method) also sends strangers to
-    /ops/login, rather than telling them with a 404 or 405 what exists."""
+def _staff_only(state) -> None:
+    """Every /ops address, present and future, is for logged-in staff: others go to /ops/login.
+
+    One app-level check, so it covers addresses that match no page (or not by this method)
+    too, rather than telling strangers with a 404 or 405 what exists. The login page itself
+    belongs to the auth blueprint.
+    """
 
     @state.app.before_request
-    def _staff_only_unmatched():
-        unmatched = request.url_rule is None and (request.path == "/ops" or request.path.startswith("/ops/"))
-        if unmatched and not current_user.is_authenticated:
+    def _staff_only_under_ops():
+        under_ops = request.blueprint == bp.name or (
+            request.url_rule is None and (request.path == "/ops" or request.path.startswith("/ops/")))
+        if under_ops and not current_user.is_authenticated:
             return login_manager.unauthorized()
         return None
 

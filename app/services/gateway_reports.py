@@ -93,6 +93,7 @@ def close_session(
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary}: gateway session expired")
     report = gateway.fetch_status(tx.id)
+    why = "session unknown (404)" if closed is None else "refused by the gateway (409)"
     if closed is None and report is None:
         # Unknown to the gateway by session and by payment: it cannot have taken any money, and
         # asking again would only fail the same way every pass. A success it reports later is
@@ -101,8 +102,7 @@ def close_session(
                             summary=f"{summary}: the gateway knows neither the session nor the payment (404)")
     if closed is None and report.status in FINAL_WITHOUT_MONEY:
         return apply_report(tx.id, report.status, report.amount, report.currency, source=source, actor=actor,
-                            before_commit=before_commit, summary=f"{summary}: session unknown (404), gateway says "
-                            f"{report.status.value}")
+                            before_commit=before_commit, summary=f"{summary}: {why}, gateway says {report.status.value}")
     if report is None or report.status != Status.SUCCESS:
         flag_for_review(tx.id, "gateway_inconsistent")
         said = "nothing" if report is None else report.status.value
@@ -117,6 +117,4 @@ def close_session(
     return apply_report(tx.id, report.status, report.amount, report.currency, source=source, actor=actor,
                         before_commit=before_commit,
                         detail={"status": report.status.value, "amount": report.amount, "currency": report.currency},
-                        summary=f"{summary}: " + ("session unknown (404), but the gateway says the shopper paid"
-                                                  if closed is None else
-                                                  "refused by the gateway (409), the shopper already paid"))
+                        summary=f"{summary}: {why}, the shopper already paid")

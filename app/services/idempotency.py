@@ -30,14 +30,17 @@ def _reused() -> ServiceError:
     return ServiceError(422, "idempotency_key_reused", "This Idempotency-Key was used with another request body.")
 
 
+def _expired(record: IdempotencyRecord, now) -> bool:
+    return record.created_at < now - timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
+
+
 def refuse_if_taken(key: str | None) -> None:
     """Raise 422 idempotency_key_reused when ``key`` holds a live answer: for a request whose
     body is refused before it could be compared, that body is necessarily another one."""
     if not key or len(key) > MAX_KEY_LENGTH:
         return
     record = db.session.get(IdempotencyRecord, key)
-    ttl = timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
-    if record is not None and record.created_at >= utcnow() - ttl:
+    if record is not None and not _expired(record, utcnow()):
         raise _reused()
 
 
@@ -52,8 +55,7 @@ def begin(key: str, scope: str, print_: str) -> IdempotencyRecord | None:
     for _ in range(2):
         now = utcnow()
         record = db.session.get(IdempotencyRecord, key, populate_existing=True)
-        ttl = timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
-        expired = record is not None and record.created_at < now - ttl
+        expired = record is not None and _expired(record, now)
         abandoned = record is not None and record.status_code is None and record.created_at < now - ABANDONED_AFTER
         if record is not None and not expired and not abandoned:
             if record.scope != scope or record.fingerprint != print_:

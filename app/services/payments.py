@@ -14,7 +14,7 @@ from app.extensions import db
 from app.gateways.base import GatewayError, SessionRequest
 from app.gateways.registry import get_gateway
 from app.models import Order, OrderStatus, Transaction
-from app.models.clock import iso, public_id, utcnow
+from app.models.clock import iso, plausible_id, public_id, utcnow
 from app.services import idempotency, timeline
 from app.services.errors import ServiceError
 from app.services.status_moves import apply_status
@@ -23,12 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def find_transaction(transaction_id: object) -> Transaction | None:
-    """The transaction, or None; ids that could not be ours (not ASCII text of 1-40 characters,
-    or holding NUL) are not looked up, so no odd text ever reaches the database driver."""
-    if (not isinstance(transaction_id, str) or not 0 < len(transaction_id) <= 40 or not transaction_id.isascii()
-            or "\x00" in transaction_id):
-        return None
-    return db.session.get(Transaction, transaction_id)
+    """The transaction, or None (also for anything that could not be one of our ids)."""
+    return db.session.get(Transaction, transaction_id) if plausible_id(transaction_id) else None
 
 
 def get_transaction(transaction_id: str) -> Transaction:
@@ -84,7 +80,7 @@ _READ_SESSION = select(_transactions.c.status, _transactions.c.payment_url).wher
     _transactions.c.id == bindparam("tx_id"))
 
 
-def _read_session(tx: _Payment, *, hold: bool = False):
+def _read_session(tx_id: str, *, hold: bool = False):
     """The payment's status and page now; with ``hold``, first take its row's write lock.
 
     Two initiations for one order can both be opening the same payment's session (the gateway
@@ -94,8 +90,8 @@ def _read_session(tx: _Payment, *, hold: bool = False):
     """
     connection = db.session.connection()
     if hold:
-        connection.execute(_HOLD_PAYMENT, {"tx_id": tx.id})
-    return connection.execute(_READ_SESSION, {"tx_id": tx.id}).one()
+        connection.execute(_HOLD_PAYMENT, {"tx_id": tx_id})
+    return connection.execute(_READ_SESSION, {"tx_id": tx_id}).one()
 
 
 def _initiation_body(tx: _Payment) -> dict:
@@ -129,7 +125,7 @@ def _open_session(tx: _Payment) -> _Payment:
     saved = db.session.connection().execute(_SAVE_SESSION, {"tx_id": tx.id, "session_id": session.session_id,
                                                             "url": session.payment_url}).rowcount
     if saved != 1:  # a racing initiation saved the page first, or gave the payment up as failed
-        current = _read_session(tx)
+        current = _read_session(tx.id)
         db.session.commit()
         if current.status == Status.PENDING.value and current.payment_url is not None:
             return replace(tx, payment_url=current.payment_url)
@@ -144,7 +140,7 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
     now = utcnow()
     connection = db.session.connection()
     order = connection.execute(_LOCK_ORDER, {"order_id": order_id, "now": now}).first() \
-        if len(order_id) <= 40 else None
+        if plausible_id(order_id) else None
     if order is None:
         db.session.rollback()
         raise ServiceError(404, "order_not_found", "No order has that id.")
@@ -177,7 +173,7 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
             tx = _open_session(tx)
         except GatewayError as exc:
             db.session.rollback()
-            current = _read_session(tx, hold=True)
+            current = _read_session(tx.id, hold=True)
             if current.status == Status.PENDING.value and current.payment_url is not None:
                 db.session.commit()  # a racing initiation opened the page meanwhile: hand out that one
                 log.info("txn=%s gateway failed (%s) but a racing initiation opened the page", tx.id, exc)

@@ -19,6 +19,7 @@ from app.extensions import db
 from app.gateways.base import GatewayError, GatewayRejected
 from app.gateways.registry import get_gateway
 from app.models import Refund, Transaction
+from app.models.clock import plausible_id
 from app.services import timeline
 from app.services.errors import ServiceError
 from app.services.ops import money_text, notify_ops
@@ -72,7 +73,7 @@ def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:
 
     404 unless the refund belongs to the transaction; 409 once it succeeded or failed.
     """
-    record = db.session.get(Refund, refund_id) if len(refund_id) <= 40 else None
+    record = db.session.get(Refund, refund_id) if plausible_id(refund_id) else None
     if record is None or record.transaction_id != transaction_id:
         raise ServiceError(404, "refund_not_found", "No refund has that id.")
     if record.status != "requested":

@@ -18,7 +18,7 @@ from app.domain.status import Decision, Outcome, Status, decide
 from app.extensions import db
 from app.metrics import STATUS_MOVES
 from app.models import Order, OrderStatus, Transaction
-from app.models.clock import utcnow
+from app.models.clock import plausible_id, utcnow
 from app.services import timeline
 from app.services.errors import ServiceError
 
@@ -63,7 +63,7 @@ _READ = select(_transactions.c.id, _transactions.c.order_id, _transactions.c.sta
 
 def read_state(transaction_id: str) -> TxState | None:
     """The transaction's current state as the database has it now, or None when unknown."""
-    if not transaction_id or len(transaction_id) > 40:
+    if not plausible_id(transaction_id):
         return None
     row = db.session.connection().execute(_READ, {"tx_id": transaction_id}).first()
     return None if row is None else TxState(row.id, row.order_id, Status(row.status), row.amount, row.currency)
