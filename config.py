@@ -124,6 +124,9 @@ class Config:
     SESSION_COOKIE_SECURE = False  # create_app turns it on when PUBLIC_BASE_URL is https
     REMEMBER_COOKIE_SECURE = False
     WTF_CSRF_TIME_LIMIT = None
+    # Staff sessions end after this long without a request, and this long after login.
+    OPS_SESSION_IDLE_MINUTES = _int("OPS_SESSION_IDLE_MINUTES", 120)
+    OPS_SESSION_MAX_HOURS = _int("OPS_SESSION_MAX_HOURS", 12)
     IDEMPOTENCY_TTL_SECONDS = 24 * 3600
     WEBHOOK_REJECTION_RETENTION_DAYS = _int("WEBHOOK_REJECTION_RETENTION_DAYS", 30)
     LOG_LEVEL = _env("LOG_LEVEL", "INFO")

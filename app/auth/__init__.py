@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from flask import Flask
 
+from app.auth import sessions
 from app.auth.routes import bp
-from app.extensions import db, login_manager
+from app.extensions import login_manager
 
 __all__ = ["bp", "init_app"]
 
 
 def init_app(app: Flask) -> None:
-    """Point Flask-Login at the staff login page and load users by id."""
+    """Point Flask-Login at the staff login page and load users through their live sessions."""
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Log in to see the ops console."
 
     @login_manager.user_loader
-    def load_user(user_id: str):
-        from app.models import User
-
-        return db.session.get(User, int(user_id)) if user_id.isascii() and user_id.isdigit() else None
+    def load_user(session_token: str):
+        # The cookie names a server-side session (app.auth.sessions), never the user directly.
+        return sessions.load(session_token)

@@ -28,6 +28,12 @@ def normalize_email(email: str) -> str:
     return (email or "").strip().lower()
 
 
+def find_user(email: str) -> User | None:
+    """The ops user with this email (compared trimmed and case-blind), or None."""
+    email = normalize_email(email)
+    return db.session.scalar(select(User).where(func.lower(User.email) == email)) if email else None
+
+
 def create_user(email: str, password: str, role: str = "viewer") -> User:
     """Create an ops user with a hashed password; raises AccountError on bad input or a taken email."""
     email = normalize_email(email)
@@ -39,7 +45,7 @@ def create_user(email: str, password: str, role: str = "viewer") -> User:
         raise AccountError(f"role must be one of {', '.join(ROLES)}, not {role!r}.")
     if len(password or "") < MIN_PASSWORD_LENGTH:
         raise AccountError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters.")
-    if db.session.scalar(select(User.id).where(func.lower(User.email) == email)) is not None:
+    if find_user(email) is not None:
         raise AccountError(f"an ops user with email {email} already exists.")
     user = User(email=email, password_hash=generate_password_hash(password), role=role)
     db.session.add(user)
@@ -54,8 +60,7 @@ def create_user(email: str, password: str, role: str = "viewer") -> User:
 
 def authenticate(email: str, password: str) -> User | None:
     """The user whose email and password match, with ``last_login_at`` stamped; None otherwise."""
-    email = normalize_email(email)
-    user = db.session.scalar(select(User).where(func.lower(User.email) == email)) if email else None
+    user = find_user(email)
     if user is None:
         check_password_hash(_DUMMY_HASH, password or "")
         log.info("ops login refused for unknown email")

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_user, logout_user
 
-from app.auth import accounts
+from app.auth import accounts, sessions
 from app.auth.forms import LoginForm
 from app.extensions import limiter
 
@@ -33,6 +33,7 @@ def login():
     if form.validate_on_submit():
         user = accounts.authenticate(form.email.data, form.password.data)
         if user is not None:
+            sessions.start(user)
             login_user(user)
             return redirect(_safe_next(request.args.get("next")), code=303)
         error = "Email or password is incorrect."
@@ -43,6 +44,11 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    logout_user()  # CSRFProtect has checked the form's token before this runs
+    # CSRFProtect has checked the form's token before this runs. Ending the session on the
+    # server makes every copy of its cookie worthless and disconnects its ops sockets.
+    token_hash = sessions.current_hash(current_user) if current_user.is_authenticated else None
+    if token_hash:
+        sessions.end_sessions([token_hash], "logout")
+    logout_user()
     flash("You are logged out.")
     return redirect(url_for("auth.login"), code=303)

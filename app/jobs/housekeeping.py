@@ -2,7 +2,8 @@
 
 Idempotency answers are kept for IDEMPOTENCY_TTL_SECONDS (the contract promises 24 hours),
 rejected webhook deliveries for WEBHOOK_REJECTION_RETENTION_DAYS. Each pass deletes at most
-PRUNE_BATCH rows of each, so a backlog drains over a few passes without a long lock.
+PRUNE_BATCH rows of each, so a backlog drains over a few passes without a long lock. Staff
+sessions past their limits are ended here too, which disconnects their ops sockets.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import delete, select
 
+from app.auth import sessions
 from app.extensions import db
 from app.models import IdempotencyRecord, WebhookRejection
 from app.models.clock import utcnow
@@ -38,4 +40,5 @@ def prune_expired_records() -> int:
     db.session.commit()
     if removed:
         log.info("housekeeping: %s expired record(s) deleted", removed)
+    sessions.end_expired_sessions()
     return removed

@@ -1,7 +1,7 @@
 """SQLAlchemy models, one module per aggregate. Importing this package registers them all."""
 
 from app.models.catalog import Product
-from app.models.identity import User
+from app.models.identity import StaffSession, StaffSocket, User
 from app.models.idempotency import IdempotencyRecord
 from app.models.order import Order, OrderItem, OrderStatus
 from app.models.transaction import Refund, Transaction, TransactionEvent
@@ -14,6 +14,8 @@ __all__ = [
     "OrderStatus",
     "Product",
     "Refund",
+    "StaffSession",
+    "StaffSocket",
     "Transaction",
     "TransactionEvent",
     "User",

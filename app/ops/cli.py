@@ -23,3 +23,20 @@ def create_user_command(email: str, role: str, password: str) -> None:
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"ops user {user.email} created with role {user.role}")
+
+
+
+@ops_cli.command("end-sessions")
+@click.argument("email")
+def end_sessions_command(email: str) -> None:
+    """Log a staff member out everywhere: end their sessions and disconnect their ops sockets."""
+    from app.auth import sessions
+    from app.auth.accounts import find_user
+    from app.cli import require_schema
+
+    require_schema()
+    user = find_user(email)
+    if user is None:
+        raise click.ClickException(f"there is no ops user with email {email}.")
+    ended, sockets = sessions.end_user_sessions(user.id, "ended from the command line")
+    click.echo(f"{ended} session(s) of {user.email} ended, {sockets} ops socket(s) disconnected")

@@ -2,7 +2,8 @@
 
 apply_status (through app.realtime.notify_status) emits ``transaction_updated``
 ``{"transaction_id", "status"}`` to the room after every committed change; the ops pages
-refresh the affected row or transaction when they hear it.
+refresh the affected row or transaction when they hear it. A socket in the room is recorded
+under its staff session, which disconnects it when it ends (app.auth.sessions).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import logging
 
 from flask import request
 from flask_login import current_user
-from flask_socketio import join_room
+from flask_socketio import join_room, rooms
 
+from app.auth import sessions
 from app.extensions import db, socketio
 from app.realtime import OPS_ROOM
 
@@ -20,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def register_events() -> None:
-    """Attach the ``ops_join`` handler: staff join the ops room, anyone else gets ``ops_error``."""
+    """Attach ``ops_join`` (staff join the ops room, anyone else gets ``ops_error``) and
+    ``disconnect`` (an ops socket's record goes with it)."""
 
     @socketio.on("ops_join")
     def on_ops_join(*_args):
@@ -29,7 +32,17 @@ def register_events() -> None:
                 socketio.emit("ops_error", {"error": "unauthorized"}, to=request.sid)
                 return
             join_room(OPS_ROOM)
+            sessions.remember_socket(request.sid, current_user)  # so logging out disconnects it
             socketio.emit("ops_joined", {"room": OPS_ROOM}, to=request.sid)
             log.debug("ops user id=%s joined the ops room", current_user.id)
+        finally:
+            db.session.remove()
+
+    @socketio.on("disconnect")
+    def on_disconnect(*_args):
+        if OPS_ROOM not in rooms():
+            return  # a shopper's socket: nothing was recorded
+        try:
+            sessions.forget_socket(request.sid)
         finally:
             db.session.remove()

@@ -2,7 +2,8 @@
 
 A socket client on instance A hears about a webhook posted to instance B (the Socket.IO
 message queue), and with both instances running the scheduler every due transaction is
-checked with the gateway exactly once (row claims across processes).
+checked with the gateway exactly once (row claims across processes). Logging out on one
+instance disconnects that session's ops socket on the other.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import requests
 import socketio
 import sqlalchemy as sa
+from werkzeug.security import generate_password_hash
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
@@ -24,6 +26,7 @@ from app.gateways.signing import sign
 from bench.harness import free_port, gunicorn, migrate
 from config import DEV_WEBHOOK_SECRET
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.ops.conftest import _CSRF
 
 pytestmark = pytest.mark.skipif(not (TEST_DATABASE_URL and TEST_REDIS_URL),
                                 reason="needs TEST_DATABASE_URL and TEST_REDIS_URL (.ci/run sets both)")
@@ -142,3 +145,42 @@ def test_socket_on_a_hears_webhook_on_b_and_schedulers_share_the_work(database_u
         time.sleep(2)  # another pass or two on both instances: nothing is checked again
     calls = {tx: gateway.status_calls[tx] for tx in due}
     assert set(calls.values()) == {1}, {tx: n for tx, n in calls.items() if n != 1}
+
+
+def form_token(session: requests.Session, url: str) -> str:
+    match = _CSRF.search(session.get(url).text)
+    assert match, f"no csrf_token on {url}"
+    return match.group(1) or match.group(2)
+
+
+def test_logging_out_on_b_disconnects_the_sessions_ops_socket_on_a(database_url):
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO users (email, password_hash, role, created_at) VALUES "
+                             "('ops@example.test', :h, 'admin', now())"),
+                     {"h": generate_password_hash("correct horse battery", method="pbkdf2:sha256:1000")})
+    engine.dispose()
+    env = {"DATABASE_URL": database_url, "REDIS_URL": TEST_REDIS_URL, "SECRET_KEY": "two-instances-secret",
+           "SOCKETIO_CHANNEL": f"test-{uuid.uuid4().hex[:8]}"}
+    with gunicorn("wsgi:app", env) as a_url, gunicorn("wsgi:app", env) as b_url:
+        staff = requests.Session()
+        logged_in = staff.post(f"{b_url}/ops/login", allow_redirects=False, data={
+            "csrf_token": form_token(staff, f"{b_url}/ops/login"), "email": "ops@example.test",
+            "password": "correct horse battery"})
+        assert logged_in.status_code == 303
+        cookie = staff.cookies.get("session")
+
+        joined, gone = threading.Event(), threading.Event()
+        client = socketio.Client(reconnection=False)
+        client.on("ops_joined", lambda _data: joined.set())
+        client.on("disconnect", lambda *_reason: gone.set())
+        client.connect(a_url, headers={"Cookie": f"session={cookie}"}, transports=["websocket"], wait_timeout=10)
+        client.emit("ops_join")
+        assert joined.wait(10), "the ops socket on A was not let into the ops room"
+
+        logged_out = staff.post(f"{b_url}/ops/logout", allow_redirects=False,
+                                data={"csrf_token": form_token(staff, f"{b_url}/ops/transactions")})
+        assert logged_out.status_code == 303
+        assert gone.wait(10), "logging out on B left the session's ops socket on A connected"
+        replay = requests.get(f"{a_url}/ops/transactions", cookies={"session": cookie}, allow_redirects=False)
+        assert replay.status_code == 302 and "/ops/login" in replay.headers["Location"]

@@ -1,4 +1,4 @@
-"""`flask --app wsgi ops create-user EMAIL [--role viewer|admin] [--password P]`."""
+"""`flask --app wsgi ops create-user EMAIL [--role viewer|admin] [--password P]` and `ops end-sessions EMAIL`."""
 
 import pytest
 from sqlalchemy import select
@@ -6,7 +6,7 @@ from werkzeug.security import check_password_hash
 
 from app.extensions import db
 from app.models import User
-from tests.ops.conftest import csrf_token
+from tests.ops.conftest import ADMIN, VIEWER, csrf_token, login
 
 
 def user(app, email):
@@ -91,3 +91,18 @@ def test_commands_on_a_database_never_upgraded_say_so_without_a_traceback(tmp_pa
         assert done.returncode == 1, args
         assert "no tables yet: run `flask --app wsgi db upgrade` first" in done.stderr, args
         assert "Traceback" not in done.stderr, args
+
+
+def test_end_sessions_logs_a_user_out_everywhere(app, runner, staff):
+    browsers = [app.test_client() for _ in range(3)]
+    for browser, email in zip(browsers, (ADMIN, ADMIN, VIEWER)):
+        assert login(browser, email).status_code == 303
+    result = runner.invoke(args=["ops", "end-sessions", ADMIN.upper()])
+    assert result.exit_code == 0, result.output
+    assert f"2 session(s) of {ADMIN} ended" in result.output
+    assert [browser.get("/ops/transactions").status_code for browser in browsers] == [302, 302, 200]
+
+
+def test_end_sessions_of_nobody_says_so(app, runner):
+    result = runner.invoke(args=["ops", "end-sessions", "nobody@example.test"])
+    assert result.exit_code == 1 and "there is no ops user with email nobody@example.test" in result.output

@@ -1,0 +1,132 @@
+"""Staff login sessions, kept on the server so that they can end.
+
+A signed cookie cannot be taken back: a copy made before logout would stay valid. So the
+cookie holds a random token (Flask-Login's id, through ``User.get_id``), and a
+``StaffSession`` row holds its SHA-256 with the session's life. A session ends at logout,
+after OPS_SESSION_IDLE_MINUTES without a request, or OPS_SESSION_MAX_HOURS after login;
+from then on its cookie loads nobody. The Socket.IO connections it put in the ops room are
+recorded and disconnected when it ends, in whichever process holds them (through the Redis
+message queue when REDIS_URL is set).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import delete, or_, select, update
+
+from app.extensions import db, socketio
+from app.models import StaffSession, StaffSocket, User
+from app.models.clock import utcnow
+
+log = logging.getLogger(__name__)
+TOUCH_EVERY = timedelta(seconds=60)  # last_seen_at is written at most this often per session
+KEEP_ENDED = timedelta(days=30)  # ended sessions stay this long, for the record
+TOKEN_MAX_LENGTH = 64
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _limits(now: datetime) -> tuple[datetime, datetime]:
+    """(last seen before, created before): a session past either has ended."""
+    config = current_app.config
+    return (now - timedelta(minutes=config["OPS_SESSION_IDLE_MINUTES"]),
+            now - timedelta(hours=config["OPS_SESSION_MAX_HOURS"]))
+
+
+def start(user: User) -> None:
+    """Open a session for ``user`` and make it the one ``login_user`` will put in the cookie."""
+    token = secrets.token_urlsafe(32)
+    db.session.add(StaffSession(token_hash=_hash(token), user_id=user.id))
+    db.session.commit()
+    user.session_token = token
+
+
+def load(token: str) -> User | None:
+    """The user of a live session, or None (unknown, ended, idle too long or too old)."""
+    if not (isinstance(token, str) and 0 < len(token) <= TOKEN_MAX_LENGTH and token.isascii()
+            and "\x00" not in token):
+        return None
+    row = db.session.get(StaffSession, _hash(token))
+    if row is None or row.ended_at is not None:
+        return None
+    now = utcnow()
+    idle_before, created_before = _limits(now)
+    if row.last_seen_at < idle_before or row.created_at < created_before:
+        end_sessions([row.token_hash], "expired")
+        return None
+    if now - row.last_seen_at >= TOUCH_EVERY:
+        row.last_seen_at = now
+        db.session.commit()
+    user = db.session.get(User, row.user_id)
+    if user is not None:
+        user.session_token = token
+    return user
+
+
+def current_hash(user: User) -> str | None:
+    return _hash(user.session_token) if user.session_token else None
+
+
+def end_sessions(token_hashes: list[str], why: str) -> int:
+    """End these sessions now and disconnect their ops sockets; returns how many sockets."""
+    if not token_hashes:
+        return 0
+    now = utcnow()
+    db.session.execute(update(StaffSession).where(StaffSession.token_hash.in_(token_hashes),
+                                                  StaffSession.ended_at.is_(None))
+                       .values(ended_at=now).execution_options(synchronize_session=False))
+    sids = list(db.session.scalars(select(StaffSocket.sid).where(StaffSocket.token_hash.in_(token_hashes))))
+    db.session.execute(delete(StaffSocket).where(StaffSocket.token_hash.in_(token_hashes))
+                       .execution_options(synchronize_session=False))
+    db.session.commit()
+    for sid in sids:
+        try:
+            socketio.server.disconnect(sid, namespace="/")
+        except Exception:  # a broken message queue must not keep the session alive
+            log.exception("could not disconnect ops socket of an ended session")
+    log.info("%s staff session(s) ended (%s), %s socket(s) disconnected", len(token_hashes), why, len(sids))
+    return len(sids)
+
+
+def end_user_sessions(user_id: int, why: str) -> tuple[int, int]:
+    """End every live session of one user; returns (sessions, sockets disconnected)."""
+    live = list(db.session.scalars(select(StaffSession.token_hash)
+                                   .where(StaffSession.user_id == user_id, StaffSession.ended_at.is_(None))))
+    return len(live), end_sessions(live, why)
+
+
+def remember_socket(sid: str, user: User) -> None:
+    """Record an ops-room socket under the session it joined with."""
+    token_hash = current_hash(user)
+    if token_hash is None:
+        return
+    db.session.merge(StaffSocket(sid=sid, token_hash=token_hash))
+    db.session.commit()
+
+
+def forget_socket(sid: str) -> None:
+    db.session.execute(delete(StaffSocket).where(StaffSocket.sid == sid).execution_options(synchronize_session=False))
+    db.session.commit()
+
+
+def end_expired_sessions() -> int:
+    """Housekeeping: end the sessions past their limits (kicking their sockets) and delete
+    sessions that ended more than KEEP_ENDED ago; returns how many sessions it ended."""
+    now = utcnow()
+    idle_before, created_before = _limits(now)
+    expired = list(db.session.scalars(
+        select(StaffSession.token_hash).where(StaffSession.ended_at.is_(None),
+                                             or_(StaffSession.last_seen_at < idle_before,
+                                                 StaffSession.created_at < created_before)).limit(1000)))
+    end_sessions(expired, "expired")
+    db.session.execute(delete(StaffSession).where(StaffSession.ended_at < now - KEEP_ENDED)
+                       .execution_options(synchronize_session=False))
+    db.session.commit()
+    return len(expired)
