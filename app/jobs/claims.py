@@ -8,7 +8,9 @@ database that serialises writes to a row (SQLite does, for the whole file). On P
 the inner SELECT also takes its rows ``FOR UPDATE SKIP LOCKED``, so claimers running at the
 same moment pass over each other's rows instead of queueing behind them; SQLite ignores
 that clause. The lease value doubles as the claim's token when it is released, and a
-process that dies holding a lease loses it when the lease runs out.
+process that dies holding a lease loses it when the lease runs out. A claim that waited in
+its pass's queue past half its lease (behind slow fulfillment handlers, say) is renewed just
+before its gateway call, or dropped if another process has taken the row meanwhile (``hold``).
 
 Batches walk the index in ``created_at`` order from a cursor: the newest ``created_at`` claimed
 so far and the ids claimed at exactly that time. So a pass reads the due range once, never
@@ -17,7 +19,7 @@ the rest of the table, and never claims a row twice (not even one it released as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, DateTime, bindparam, case, null, or_, select, update
@@ -42,6 +44,7 @@ class Claim:
     attempts: int  # check_attempts before this check
     created_at: datetime
     lease: datetime  # the lease_until written by the claim: the token that releases it
+    claimed_at: datetime  # when that lease was written
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,29 @@ def claim_batch(
         .execution_options(synchronize_session=False)
     ).all()
     db.session.commit()
-    return [Claim(r.id, r.gateway_session_id, r.amount, r.currency, r.check_attempts, r.created_at, lease_until)
-            for r in rows]
+    return [Claim(r.id, r.gateway_session_id, r.amount, r.currency, r.check_attempts, r.created_at, lease_until,
+                  now) for r in rows]
+
+
+def hold(claim: Claim, now: datetime) -> Claim | None:
+    """The claim, made sure of just before its gateway call; None when it is no longer ours.
+
+    Within the first half of its lease it is used as it is (no database work). Past that, it
+    is renewed for as long again, as a compare-and-set on its lease: a row another process
+    claimed after this lease ran out, or that left pending, fails it and is left alone.
+    """
+    length = claim.lease - claim.claimed_at
+    if now < claim.claimed_at + length / 2:
+        return claim
+    renewed = now + length
+    won = db.session.execute(
+        update(Transaction)
+        .where(Transaction.id == claim.id, Transaction.lease_until == claim.lease, _pending())
+        .values(lease_until=renewed)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    return replace(claim, lease=renewed, claimed_at=now) if won == 1 else None
 
 
 @dataclass(frozen=True)

@@ -190,9 +190,16 @@ def write_back(quiet: list[Quiet]) -> None:
 
 
 def _in_context(app: Flask, handler: Callable, item):
-    """Run ``handler(item)`` in a worker thread with its own app context and session."""
+    """Run ``handler(item)`` in a worker thread with its own app context and session; a claim
+    whose lease another process has taken while it waited is dropped ("raced")."""
     with app.app_context():
         try:
+            if isinstance(item, Claim):
+                held = claims.hold(item, utcnow())
+                if held is None:
+                    log.info("txn=%s claim lost while queued: another process has the row", item.id)
+                    return "raced"
+                item = held
             return handler(item)
         except Exception as exc:  # handlers catch what they expect; this is the last line of defence
             log.exception("%s failed on %s", handler.__name__, getattr(item, "id", item))

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy import update
 
 from app.extensions import db
+from app.jobs import claims
+from app.jobs.reconcile import _in_context, check_one, write_back
 from app.models import Transaction
 from app.models.clock import utcnow
 from tests.conftest import GATEWAY
@@ -124,3 +126,47 @@ def test_a_pass_never_claims_a_row_twice_even_one_it_released_still_due(app, cli
     assert summaries, "the pass did not finish"
     assert (summaries[0].due, summaries[0].errors) == (5, 5)
     assert [expire_calls(gateway, t) for t in ids] == [1] * 5
+
+
+def claim_aged(app, tx_id: str, *, age: float, left: float):
+    """Claim ``tx_id`` as a pass would have ``age`` seconds ago, with ``left`` seconds of lease remaining."""
+    with app.app_context():
+        now = utcnow()
+        [claim] = claims.claim_batch([Transaction.id == tx_id], now=now - timedelta(seconds=age),
+                                     lease_until=now + timedelta(seconds=left), after=None, limit=1)
+        return claim
+
+
+def test_a_claim_queued_past_half_its_lease_is_renewed_before_its_gateway_call(app, client, gateway):
+    _, tx_id = pending_payment(app, client, gateway, CHECK_AFTER + 60)
+    answer_status(gateway, tx_id, "pending")
+    claim = claim_aged(app, tx_id, age=150, left=60)  # a 210 s lease, 150 s of it spent waiting
+    quiet = _in_context(app, check_one, claim)
+    assert quiet.outcome == "pending" and status_calls(gateway, tx_id) == 1
+    renewed = quiet.release.claim.lease
+    assert renewed - utcnow() > timedelta(seconds=200)  # a whole lease again, from the call
+    assert row(app, tx_id).lease_until == renewed  # held in the database; the pass releases it with this token
+    with app.app_context():
+        write_back([quiet])
+    assert row(app, tx_id).lease_until is None and row(app, tx_id).check_attempts == 1
+
+
+def test_a_queued_claim_another_process_took_over_is_dropped_without_a_gateway_call(app, client, gateway):
+    _, tx_id = pending_payment(app, client, gateway, CHECK_AFTER + 60)
+    answer_status(gateway, tx_id, "pending")
+    claim = claim_aged(app, tx_id, age=250, left=-40)  # our lease ran out while we waited
+    theirs = utcnow() + timedelta(minutes=3)
+    with app.app_context():  # another process claimed the row in the meantime
+        db.session.execute(update(Transaction).where(Transaction.id == tx_id).values(lease_until=theirs))
+        db.session.commit()
+    assert _in_context(app, check_one, claim) == "raced"
+    assert status_calls(gateway, tx_id) == 0
+    assert row(app, tx_id).lease_until == theirs  # their claim untouched
+
+
+def test_a_fresh_claim_is_used_as_it_is(app, client, gateway):
+    _, tx_id = pending_payment(app, client, gateway, CHECK_AFTER + 60)
+    claim = claim_aged(app, tx_id, age=10, left=200)
+    with app.app_context():
+        assert claims.hold(claim, utcnow()) is claim
+    assert row(app, tx_id).lease_until == claim.lease
