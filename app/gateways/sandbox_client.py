@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from app import bounded_json
+from app.domain.money import MAX_MINOR_UNITS
 from app.domain.status import Status
 from app.gateways import signing
 from app.gateways.base import (
@@ -39,7 +40,8 @@ RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def _is_amount(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An amount in minor units we could have asked for (others never match a transaction)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MINOR_UNITS
 
 
 def _text(value: Any, longest: int) -> str | None:

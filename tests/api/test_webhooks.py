@@ -101,8 +101,9 @@ def test_same_webhook_id_again_changes_nothing(app, client, pending):
     assert len(fulfillment_probe.calls) == 1
 
 
-def test_unknown_transaction_is_acknowledged(app, client):
-    response = post_webhook(client, status_event("txn_unknown", "success", 1999))
+@pytest.mark.parametrize("amount", [1999, 10 ** 40])
+def test_unknown_transaction_is_acknowledged(app, client, amount):
+    response = post_webhook(client, status_event("txn_unknown", "success", amount))
     assert response.status_code == 200
     assert response.get_json()["outcome"] == "unknown_transaction"
 
@@ -210,6 +211,8 @@ def test_every_webhook_is_on_the_timeline(app, client, pending):
 @pytest.mark.parametrize("field,value,outcome", [
     ("currency", "USDX", "amount_mismatch"),
     ("currency", "US\u0000", "amount_mismatch"),
+    ("amount", 10 ** 40, "amount_mismatch"),  # past any money column: no overflow, a mismatch
+    ("amount", -1999, "amount_mismatch"),
     ("transaction_id", "txn_" + "x" * 60, "unknown_transaction"),
     ("type", "payment." + "x" * 100, "ignored"),
 ])
