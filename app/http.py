@@ -14,7 +14,7 @@ from typing import TypeVar
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from app.bounded_json import MAX_DEPTH
 from app.services.errors import ServiceError
@@ -70,10 +70,11 @@ def json_body(model: type[Model]) -> Model:
     """Parse the request body as JSON into ``model`` (415, 400, 422 as appropriate)."""
     if not request.is_json:
         raise ServiceError(415, "unsupported_media_type", "Send the body as application/json.")
-    data = request.get_json(silent=True)  # the app's BoundedJSONProvider: too deep is not valid either
-    if data is None:
+    try:
+        data = request.get_json()  # the app's BoundedJSONProvider: too deep is not valid either
+    except BadRequest:  # Flask's answer to a body that does not parse (a literal null does)
         raise ServiceError(400, "malformed_json",
-                           f"The request body is not valid JSON (or nests deeper than {MAX_DEPTH} levels).")
+                           f"The request body is not valid JSON (or nests deeper than {MAX_DEPTH} levels).") from None
     if not isinstance(data, dict):
         raise ServiceError(422, "validation_error", "The JSON body must be an object.")
     if _has_nul(data):

@@ -18,6 +18,14 @@ def test_malformed_json_is_400(client, path):
                                    "message": "The request body is not valid JSON (or nests deeper than 32 levels)."}
 
 
+@pytest.mark.parametrize("path", ["/api/orders", "/initiate-payment"])
+@pytest.mark.parametrize("body", ["null", "[]", "5", '"x"', "true"])
+def test_json_that_is_not_an_object_is_422(client, path, body):
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 422
+    assert response.get_json() == {"error": "validation_error", "message": "The JSON body must be an object."}
+
+
 DEEP_BODIES = {
     # the decoder itself runs out of stack on this one (60 KB, under the 64 KB limit)
     "decoder": "[" * 30000 + "]" * 30000,
