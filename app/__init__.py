@@ -22,6 +22,31 @@ def _configure_logging(app: Flask) -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
+class _DroppedSocketMessage(logging.Filter):
+    """engine.io logs a message it could not hand over (a client's packet that does not decode:
+    bad JSON, 5,000-digit numbers, deep nesting) as "message handler error" with a traceback,
+    which any client could repeat to flood the log. Such a record becomes one line. Errors in
+    our own event handlers never get here: app.realtime logs them, with their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.getMessage().endswith("handler error"):
+            record.msg, record.args = "socket.io: dropped a message that could not be handled (%s)", (
+                type(record.exc_info[1]).__name__,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _tame_socket_loggers() -> None:
+    """engine.io and socket.io log through the root logger only, malformed messages in one line."""
+    for name in ("engineio.server", "socketio.server"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):  # their own stderr handler would print each line twice
+            logger.removeHandler(handler)
+        if not any(isinstance(f, _DroppedSocketMessage) for f in logger.filters):
+            logger.addFilter(_DroppedSocketMessage())
+
+
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     """WAL and a busy timeout let SQLite serve concurrent readers and queue its writers."""
@@ -73,6 +98,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
         logger=False,
         engineio_logger=False,
     )
+    _tame_socket_loggers()
     registry.init_app(app)
     auth.init_app(app)
     http.init_app(app)

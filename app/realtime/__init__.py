@@ -37,6 +37,13 @@ def notify_status(transaction_id: str, status: str) -> None:
 def register_events() -> None:
     """Attach the Socket.IO handlers of contract section 5."""
 
+    @socketio.on_error_default
+    def on_handler_error(_exc):
+        # A fault in one of our handlers: logged here with its traceback, so that engine.io's own
+        # "handler error" records can only be about packets that did not decode (app/__init__).
+        log.exception("socket.io event %r failed", getattr(request, "event", {}).get("message"))
+        db.session.remove()
+
     @socketio.on("join")
     def on_join(data=None, *_extra):  # a client may send no argument, or several
         transaction_id = data.get("transaction_id") if isinstance(data, dict) else None

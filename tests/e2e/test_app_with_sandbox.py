@@ -6,6 +6,7 @@ sandbox's hosted page, and the sandbox's worker delivers signed webhooks to the 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -132,3 +133,23 @@ def test_declined_card_fails(live):
     tx_id, _ = pay_with_card(app_url, "4000 0000 0000 0002")
     wait_for_status(app_url, tx_id, "failure")
     assert fulfillment_probe.calls == []
+
+
+def test_undecodable_socket_messages_are_dropped_in_one_line_each(live, caplog):
+    url, _ = live
+    opened = requests.get(f"{url}/socket.io/?EIO=4&transport=polling", timeout=5).text
+    assert opened.startswith("0"), opened
+    poll = f"{url}/socket.io/?EIO=4&transport=polling&sid={json.loads(opened[1:])['sid']}"
+    assert requests.post(poll, data="40", timeout=5).text == "OK"
+    assert requests.get(poll, timeout=5).text.startswith("40")
+    bad = ['42["join",' + "9" * 5000 + "]", "42" + "[" * 5000 + "]" * 5000,
+           '42["join",' + '{"a":' * 3000 + "1" + "}" * 3000 + "]", '42["join",{', '42{"join":1}', "42[]"]
+    for packet in bad:
+        assert requests.post(poll, data=packet, timeout=5).status_code == 200
+    requests.post(poll, data='42["join",{"transaction_id":"txn_nobody"}]', timeout=5)
+    assert "transaction_not_found" in requests.get(poll, timeout=5).text  # the socket still works
+    dropped = [r for r in caplog.records if r.name.startswith(("engineio", "socketio"))]
+    assert len(dropped) == len(bad), [r.getMessage() for r in dropped]
+    assert all(r.exc_info is None and r.levelname == "WARNING" and "dropped a message" in r.getMessage()
+               for r in dropped)
+    assert "Traceback" not in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from app import realtime
 from app.extensions import socketio
 from app.realtime import room_for
 from tests.conftest import place_order, post_webhook, start_payment, status_event
@@ -107,3 +108,16 @@ def test_the_shopper_cancel_is_pushed(app, client, gateway, connect, payment):
     token = csrf_token(client, f"/payment/{payment['transaction_id']}")
     client.post(f"/payment/{payment['transaction_id']}/cancel", data={"csrf_token": token})
     assert _updates(sio) == [{"transaction_id": payment["transaction_id"], "status": "cancelled"}]
+
+
+def test_a_fault_in_our_own_handler_is_logged_with_its_traceback(app, client, monkeypatch, caplog):
+    def broken(_transaction_id):
+        raise RuntimeError("lookup broke")
+
+    monkeypatch.setattr(realtime, "find_transaction", broken)  # a bug of ours, not a bad packet
+    sio = socketio.test_client(app, flask_test_client=client)
+    sio.emit("join", {"transaction_id": "txn_anything"})
+    [record] = [r for r in caplog.records if r.name == "app.realtime"]
+    assert record.getMessage() == "socket.io event 'join' failed" and record.exc_info[0] is RuntimeError
+    assert sio.is_connected()
+    sio.disconnect()
