@@ -162,7 +162,8 @@ def refund(transaction_id: str):
 @bp.post("/transactions/<transaction_id>/review")
 @admin_required
 def review(transaction_id: str):
-    return _act(transaction_id, ops.mark_reviewed)
+    seen = request.form.get("reason", "")[:200]  # the flag the page showed, so a newer one is not cleared unseen
+    return _act(transaction_id, lambda tx_id, actor: ops.mark_reviewed(tx_id, actor, seen))
 
 
 @bp.post("/transactions/<transaction_id>/refunds/<refund_id>/retry")

@@ -283,19 +283,31 @@ def cancel_payment(transaction_id: str, actor: str) -> ActionOutcome:
     return ActionOutcome(tx.id, "The payment is cancelled.")
 
 
-def mark_reviewed(transaction_id: str, actor: str) -> ActionOutcome:
-    """Clear the needs-review flag, recording who reviewed it; 409 when it is not flagged."""
+def mark_reviewed(transaction_id: str, actor: str, seen_reason: str | None) -> ActionOutcome:
+    """Clear the needs-review flag, recording who reviewed it.
+
+    ``seen_reason`` is the flag the staff member was shown: a flag raised since (a refund
+    owed, say) must be seen before it can be cleared, so a different one is a 409.
+    """
     tx = get_transaction(transaction_id)
     reason = tx.review_reason
+    if not tx.needs_review:
+        raise ServiceError(409, "not_flagged", "This transaction is not flagged for review.")
+    if (seen_reason or None) != reason:
+        raise ServiceError(409, "flag_changed", f"The flag changed since this page was loaded; it is now "
+                           f"{reason or 'unspecified'}. Read it before marking it reviewed.")
     now = utcnow()
     cleared = db.session.execute(
-        update(Transaction).where(Transaction.id == tx.id, Transaction.needs_review.is_(True))
+        update(Transaction).where(Transaction.id == tx.id, Transaction.needs_review.is_(True),
+                                  Transaction.review_reason.is_(None) if reason is None
+                                  else Transaction.review_reason == reason)
         .values(needs_review=False, reviewed_at=now, reviewed_by=actor)
         .execution_options(synchronize_session=False)
     ).rowcount
-    if cleared != 1:
+    if cleared != 1:  # flagged again, or reviewed by someone else, between the read and the update
         db.session.rollback()
-        raise ServiceError(409, "not_flagged", "This transaction is not flagged for review.")
+        raise ServiceError(409, "flag_changed", "The flag changed while you were marking it reviewed. "
+                           "Read it again.")
     timeline.record(tx.id, "ops", "ops", f"marked reviewed by {actor} (flag was: {reason or 'unspecified'})",
                     outcome="ok", actor=actor)
     db.session.commit()

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, case, func, select
 
 from app.domain.status import Decision, Outcome, Status, decide
 from app.extensions import db
@@ -39,10 +39,16 @@ _PAY_ORDER = (  # the order is paid once: only while it is still open
             updated_at=bindparam("now"), fulfillment_claimed_at=bindparam("now"),
             fulfillment_attempts=_orders.c.fulfillment_attempts + 1)
 )
-_FLAG = (
+_FLAG = (  # a flag adds its reason to those still open, so none is lost before ops see it
     _transactions.update()
     .where(_transactions.c.id == bindparam("tx_id"))
-    .values(needs_review=True, review_reason=bindparam("reason"), reviewed_at=None, reviewed_by=None)
+    .values(needs_review=True, reviewed_at=None, reviewed_by=None, review_reason=case(
+        (and_(_transactions.c.needs_review.is_(True), _transactions.c.review_reason.is_not(None),
+              func.length(_transactions.c.review_reason) < 150),
+         case((_transactions.c.review_reason.contains(bindparam("reason")), _transactions.c.review_reason),
+              else_=_transactions.c.review_reason + ", " + bindparam("reason"))),
+        else_=bindparam("reason"),
+    ))
 )
 
 
@@ -95,7 +101,8 @@ def _mark_order_paid(tx: TxState, now) -> str | None:
 
 
 def flag_for_review(tx_id: str, reason: str) -> None:
-    """Set the needs-review flag (in the caller's database transaction)."""
+    """Set the needs-review flag with ``reason`` added to any reasons still open (in the caller's
+    database transaction)."""
     db.session.connection().execute(_FLAG, {"tx_id": tx_id, "reason": reason})
 
 

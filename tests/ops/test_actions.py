@@ -124,13 +124,49 @@ def test_mark_reviewed_clears_the_flag_and_records_who(app, admin_client, client
     listing = admin_client.get("/ops/transactions?flagged=1").get_data(as_text=True)
     assert tx_id in listing and "Flagged: success_after_cancellation" in listing
 
-    assert post_form(admin_client, f"/ops/transactions/{tx_id}/review").status_code == 303
+    assert 'name="reason" value="success_after_cancellation"' in admin_client.get(
+        f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    assert review(admin_client, tx_id, "success_after_cancellation").status_code == 303
     assert tx_state(app, tx_id) == ("success", False, "success_after_cancellation", ADMIN)
     assert ops_lines(app, tx_id)[-1][:4] == (
         "ops", f"marked reviewed by {ADMIN} (flag was: success_after_cancellation)", "ok", ADMIN)
     page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
     assert f"Reviewed by {ADMIN}" in page
-    assert post_form(admin_client, f"/ops/transactions/{tx_id}/review").status_code == 409
+    assert review(admin_client, tx_id, "success_after_cancellation").status_code == 409
+
+
+def review(admin_client, tx_id: str, seen: str):
+    return post_form(admin_client, f"/ops/transactions/{tx_id}/review", {"reason": seen})
+
+
+def test_a_refund_owed_flag_raised_after_the_page_loaded_is_not_cleared_unseen(app, admin_client, client, gateway):
+    """The reviewer saw an amount mismatch; a late success then made a refund owed on it."""
+    order = place_order(client)
+    first = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    post_webhook(client, status_event(first, "cancelled", 1999))
+    post_webhook(client, status_event(first, "success", 1998))  # other money: flagged, not applied
+    second = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    post_webhook(client, status_event(second, "success", 1999))  # pays the order
+    seen = tx_state(app, first)[2]
+    assert seen == "amount_mismatch"
+    post_webhook(client, status_event(first, "success", 1999))  # the late success: a refund is owed
+    status, flagged, reason, _ = tx_state(app, first)
+    assert (status, flagged) == ("success", True)
+    assert reason == "amount_mismatch, duplicate_payment_refund_owed"  # both reasons kept
+
+    refused = review(admin_client, first, seen)
+    assert refused.status_code == 409 and "duplicate_payment_refund_owed" in refused.get_data(as_text=True)
+    assert tx_state(app, first)[1] is True
+    assert review(admin_client, first, "").status_code == 409  # a form without the reason clears nothing
+    assert review(admin_client, first, reason).status_code == 303
+    assert tx_state(app, first)[1] is False
+
+
+def test_a_flag_already_open_is_not_repeated(app, client, pending):
+    _, tx_id = pending
+    for amount in (1998, 1990):
+        post_webhook(client, status_event(tx_id, "success", amount))
+    assert tx_state(app, tx_id)[1:3] == (True, "amount_mismatch")
 
 
 def test_actions_on_an_unknown_transaction_are_404(admin_client):
