@@ -8,7 +8,8 @@ Webhooks get lost, so the pass asks instead. Its three stages, in this order:
 3. pending transactions older than PAYMENT_STATUS_CHECK_AFTER (and not backing off) get their
    status fetched and applied; one that is still pending is asked again on a backoff.
 
-Both windows are measured from ``created_at`` and read when the pass runs. Every move goes
+Both windows are measured from ``created_at`` and read when the pass runs. After the stages,
+refunds whose request was cut off are flagged for ops, and old records are pruned. Every move goes
 through apply_status. Rows are claimed in batches (app.jobs.claims); gateway calls run in a
 bounded thread pool, each worker in its own app context and database session, holding no
 database transaction while it waits on the gateway. A worker whose answer moves a status
@@ -39,6 +40,7 @@ from app.models import Order, OrderStatus
 from app.models.clock import utcnow
 from app.services import timeline
 from app.services.fulfillment import fulfill_order, orders_awaiting_fulfillment
+from app.services.refunds import flag_unanswered_refunds
 from app.services.gateway_reports import MISMATCH, apply_report, close_session
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,9 @@ def run_pass(
         _drain(app, pool, summary, claims.due_for_check(now, check_cutoff, expire_cutoff), check_one,
                workers=workers, batch_size=batch_size, stop=stop)
     try:
+        # A refund call takes at most the gateway budget: one still unanswered after twice that
+        # was cut off, and its payment is flagged for ops with the amount held.
+        flag_unanswered_refunds(timedelta(seconds=2 * app.config["GATEWAY_TOTAL_BUDGET"]))
         prune_expired_records()
     except Exception:  # housekeeping must never fail a pass
         db.session.rollback()

@@ -104,3 +104,5 @@ class Refund(db.Model):
     gateway_refund_id: Mapped[str | None] = mapped_column(String(128))
     actor: Mapped[str | None] = mapped_column(String(254))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When its transaction was flagged because the gateway's answer to it is not known.
+    flagged_at: Mapped[datetime | None]

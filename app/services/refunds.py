@@ -5,12 +5,15 @@ The amount is reserved first with a conditional UPDATE on transactions.refunded_
 then sent to the gateway under the refund's id as Idempotency-Key. A definite refusal
 releases the reservation; an unanswered call keeps it (the money may have moved) and flags
 the transaction, and the refund can be retried under the same key. Every refund row leaves
-``requested`` once, by compare-and-set, so a reservation is released at most once.
+``requested`` once, by compare-and-set, so a reservation is released at most once. A refund
+whose request never came back at all (the process stopped mid-call) is found by
+reconciliation and flagged the same way (``flag_unanswered_refunds``).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
@@ -19,7 +22,7 @@ from app.extensions import db
 from app.gateways.base import GatewayError, GatewayRejected
 from app.gateways.registry import get_gateway
 from app.models import Refund, Transaction
-from app.models.clock import plausible_id
+from app.models.clock import plausible_id, utcnow
 from app.services import timeline
 from app.services.errors import ServiceError
 from app.services.ops import money_text, notify_ops
@@ -95,12 +98,7 @@ def _send(refund_id: str, actor: str) -> Refund:
                            "nothing was refunded.") from None
     except GatewayError as exc:
         db.session.rollback()
-        flag_for_review(tx_id, "refund_outcome_unknown")
-        timeline.record(tx_id, "ops", "ops", f"refund {record.id} of {money_text(amount, currency)}: the gateway "
-                        f"did not answer ({exc}); amount held, retry it", outcome="error", actor=actor)
-        db.session.commit()
-        notify_ops(tx_id)
-        log.warning("txn=%s refund %s unanswered by the gateway: %s", tx_id, record.id, exc)
+        _flag_unanswered(record, f"the gateway did not answer ({exc})", actor)
         raise ServiceError(502, "gateway_unavailable", "The gateway did not answer. The amount stays reserved; "
                            "retry the refund from this page.") from None
     if not result.succeeded:
@@ -119,6 +117,41 @@ def _send(refund_id: str, actor: str) -> Refund:
     log.info("txn=%s refund %s succeeded at the gateway as %s", tx_id, record.id, result.refund_id)
     _settle_status(tx_id, actor)
     return db.session.get(Refund, record.id, populate_existing=True)
+
+
+def _flag_unanswered(record: Refund, why: str, actor: str | None, *, source: str = "ops") -> None:
+    """Flag the refund's payment for ops: the money may have moved, so the amount stays held."""
+    tx_id = record.transaction_id
+    db.session.execute(update(Refund).where(Refund.id == record.id).values(flagged_at=utcnow())
+                       .execution_options(synchronize_session=False))
+    flag_for_review(tx_id, "refund_outcome_unknown")
+    timeline.record(tx_id, "ops", source, f"refund {record.id} of {money_text(record.amount, record.currency)}: "
+                    f"{why}; amount held, retry it", outcome="error", actor=actor)
+    db.session.commit()
+    notify_ops(tx_id)
+    log.warning("txn=%s refund %s unanswered: %s", tx_id, record.id, why)
+
+
+def flag_unanswered_refunds(older_than: timedelta, limit: int = 100) -> int:
+    """Flag refunds still ``requested`` after ``older_than`` that nobody flagged: their request
+    never came back (the process making it stopped). Each is flagged once; returns how many."""
+    cutoff = utcnow() - older_than
+    stale = db.session.scalars(select(Refund).where(Refund.status == "requested", Refund.flagged_at.is_(None),
+                                                    Refund.created_at < cutoff).limit(limit)).all()
+    flagged = 0
+    for record in stale:
+        taken = db.session.execute(  # the first process here flags it; anyone else moves on
+            update(Refund).where(Refund.id == record.id, Refund.flagged_at.is_(None))
+            .values(flagged_at=utcnow()).execution_options(synchronize_session=False)
+        ).rowcount
+        if taken != 1:
+            db.session.rollback()
+            continue
+        _flag_unanswered(record, f"no answer was recorded since {record.created_at.isoformat(timespec='seconds')}Z "
+                         "(the request was cut off)", None, source="poller")
+        flagged += 1
+    db.session.commit()
+    return flagged
 
 
 def _release(record: Refund, actor: str, why: str) -> None:

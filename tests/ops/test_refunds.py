@@ -3,16 +3,19 @@
 import json
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 import responses
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.extensions import db
 from app.models import Refund, Transaction, TransactionEvent
+from app.models.clock import utcnow
 from app.services import refunds
 from app.services.errors import ServiceError
 from tests.conftest import GATEWAY, place_order, start_payment
+from tests.jobs.support import reconcile
 from tests.ops.conftest import ADMIN, paid_transaction, post_form
 
 REFUNDS_URL = f"{GATEWAY}/refunds"
@@ -218,3 +221,63 @@ def test_two_full_refunds_at_once_refund_once(app, client, gateway):
     assert state(app, tx_id) == ("refunded", total, [(total, "succeeded")])
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Refund)) == 1
+
+
+def cut_off_refund(app, tx_id: str, amount: int, age_seconds: float) -> str:
+    """Test data setup: what refund() leaves when its process dies during the gateway call
+    (the amount reserved, the row requested, nothing flagged)."""
+    with app.app_context():
+        db.session.execute(update(Transaction).where(Transaction.id == tx_id)
+                           .values(refunded_amount=Transaction.refunded_amount + amount))
+        record = Refund(transaction_id=tx_id, amount=amount, currency="USD", status="requested", actor=ADMIN,
+                        created_at=utcnow() - timedelta(seconds=age_seconds))
+        db.session.add(record)
+        db.session.commit()
+        return record.id
+
+
+def unanswered_lines(app, tx_id: str) -> list[tuple[str, str]]:
+    with app.app_context():
+        return [(e.source, e.summary) for e in db.session.scalars(select(TransactionEvent).where(
+            TransactionEvent.transaction_id == tx_id, TransactionEvent.outcome == "error"))]
+
+
+def test_a_refund_cut_off_mid_call_is_flagged_once_by_reconciliation(app, admin_client, client, gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    old = cut_off_refund(app, tx_id, 500, age_seconds=600)
+    _, fresh_tx, _ = paid_transaction(client, gateway)
+    cut_off_refund(app, fresh_tx, 500, age_seconds=1)  # may still be in flight: left alone
+    reconcile(app)
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        assert (tx.needs_review, tx.review_reason, tx.refunded_amount) == (True, "refund_outcome_unknown", 500)
+        assert db.session.get(Refund, old).flagged_at is not None
+        assert db.session.get(Transaction, fresh_tx).needs_review is False
+    [(source, summary)] = unanswered_lines(app, tx_id)
+    assert source == "poller" and f"refund {old} of 5.00 USD" in summary and "amount held" in summary
+
+    assert review_and_pass(app, admin_client, tx_id) == 1  # reviewed and another pass: not flagged again
+    with app.app_context():
+        assert db.session.get(Transaction, tx_id).needs_review is False
+    gateway.post(REFUNDS_URL, json={"refund_id": "re_after_crash", "status": "succeeded"})
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{old}/retry").status_code == 303
+    assert state(app, tx_id) == ("partially_refunded", 500, [(500, "succeeded")])
+
+
+def test_a_refund_flagged_when_unanswered_is_not_flagged_again(app, admin_client, client, gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=503)
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"}).status_code == 502
+    with app.app_context():
+        db.session.execute(update(Refund).values(created_at=utcnow() - timedelta(hours=1)))
+        db.session.commit()
+    assert review_and_pass(app, admin_client, tx_id) == 1
+
+
+def review_and_pass(app, admin_client, tx_id: str) -> int:
+    """Mark the payment reviewed, run a reconciliation pass; returns its unanswered-refund lines."""
+    with app.app_context():
+        reason = db.session.get(Transaction, tx_id).review_reason
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/review", {"reason": reason}).status_code == 303
+    reconcile(app)
+    return len(unanswered_lines(app, tx_id))
