@@ -33,6 +33,7 @@ from app.sandbox.protocol import CreateSessionRequest, SandboxError
 log = logging.getLogger(__name__)
 
 _ANY_STEP = (None, STEP_CONFIRM, STEP_PROCESSING)
+OPEN_STEPS = (None, STEP_CONFIRM)  # no money accepted yet: the session may still expire or be cancelled
 
 
 def create_session(runtime, request: CreateSessionRequest, key: str) -> tuple[PaymentSession, bool]:
@@ -170,9 +171,9 @@ def refresh(runtime, session: PaymentSession) -> PaymentSession:
     now = utcnow()
     if session.status == PENDING and session.step == STEP_PROCESSING and session.settle_at <= now:
         session = move_status(runtime, session, SUCCESS, steps=(STEP_PROCESSING,)) or _reload(runtime, session)
-    if session.status == PENDING and session.expires_at <= now:
+    if session.status == PENDING and session.step != STEP_PROCESSING and session.expires_at <= now:
         log.info("sandbox transaction %s passed expires_at", session.transaction_id)
-        session = move_status(runtime, session, EXPIRED) or _reload(runtime, session)
+        session = move_status(runtime, session, EXPIRED, steps=OPEN_STEPS) or _reload(runtime, session)
     return session
 
 
@@ -205,7 +206,7 @@ def confirm(runtime, session: PaymentSession, complete: bool) -> PaymentSession 
 
 def cancel(runtime, session: PaymentSession) -> PaymentSession | None:
     """The shopper left from the hosted page: the session becomes cancelled."""
-    return move_status(runtime, session, CANCELLED, steps=(None, STEP_CONFIRM))
+    return move_status(runtime, session, CANCELLED, steps=OPEN_STEPS)
 
 
 def expire(runtime, session_id: str) -> PaymentSession:
@@ -221,7 +222,7 @@ def expire(runtime, session_id: str) -> PaymentSession:
     if session.status == PENDING and session.step == STEP_PROCESSING:
         session = move_status(runtime, session, SUCCESS, steps=(STEP_PROCESSING,)) or _reload(runtime, session)
     if session.status == PENDING:
-        session = move_status(runtime, session, EXPIRED) or _reload(runtime, session)
+        session = move_status(runtime, session, EXPIRED, steps=OPEN_STEPS) or _reload(runtime, session)
     return session
 
 
@@ -245,18 +246,14 @@ def settle_due(runtime, now: datetime | None = None) -> int:
 
 
 def expire_overdue(runtime, now: datetime | None = None) -> int:
-    """Expire every pending session past its expires_at; returns how many moved."""
+    """Expire every pending session past its expires_at; returns how many moved. A card already
+    accepted (0077, settling) is never expired: the money went through, it settles instead."""
     now = now or utcnow()
     with runtime.storage.session() as db:
         due = db.scalars(
             select(PaymentSession).where(PaymentSession.status == PENDING, PaymentSession.expires_at <= now).limit(100)
         ).all()
-    moved = 0
-    for session in due:
-        if session.step == STEP_PROCESSING and session.settle_at <= now:
-            continue  # settle_due runs first; never expire a payment that already went through
-        moved += bool(move_status(runtime, session, EXPIRED))
-    return moved
+    return sum(1 for s in due if move_status(runtime, s, EXPIRED, steps=OPEN_STEPS))
 
 
 def next_timer_at(runtime) -> datetime | None:

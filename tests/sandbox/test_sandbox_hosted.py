@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from app.sandbox.models import Delivery, PaymentSession
+from app.sandbox.models import Delivery, PaymentSession, utcnow
 
 from .support import AUTH, form_token
 
@@ -102,6 +103,20 @@ def test_expire_while_an_accepted_card_settles_is_409_success_not_expired(shoppe
     assert answer.status_code == 409 and answer.get_json()["status"] == "success"
     assert shopper.status("tx_1") == "success"
     time.sleep(0.35)  # past SANDBOX_PENDING_SECONDS: the settle timer finds nothing left to do
+    runtime.tick()
+    assert shopper.status("tx_1") == "success"
+    assert [d.event_status for d in deliveries(runtime)] == ["success"]
+
+
+def test_an_accepted_card_is_not_expired_when_its_session_passes_expires_at(shopper, runtime):
+    session_id = shopper.session_id("tx_1")
+    assert shopper.pay(session_id, "4000 0000 0000 0077").status_code == 303
+    with runtime.storage.session() as db:  # the session's window closes while the card settles
+        db.execute(update(PaymentSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.commit()
+    runtime.tick()  # the expiry timer
+    assert shopper.status("tx_1") == "pending"  # /status refreshes too: still settling, not expired
+    time.sleep(0.35)
     runtime.tick()
     assert shopper.status("tx_1") == "success"
     assert [d.event_status for d in deliveries(runtime)] == ["success"]
