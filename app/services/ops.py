@@ -17,7 +17,7 @@ from datetime import date, datetime, time, timedelta
 from sqlalchemy import and_, func, or_, select, update
 
 from app.domain.money import format_minor
-from app.domain.status import Status
+from app.domain.status import Outcome, Status
 from app.extensions import db
 from app.gateways.base import GatewayError
 from app.gateways.registry import get_gateway
@@ -256,7 +256,18 @@ def recheck(transaction_id: str, actor: str) -> ActionOutcome:
     if not result.applied:
         notify_ops(tx.id)
     log.info("txn=%s re-checked by %s: gateway says %s (%s)", tx.id, actor, seen.status, result.decision.outcome)
-    return ActionOutcome(tx.id, f"The gateway says {seen.status.value}; {result.decision.outcome.value}.")
+    return ActionOutcome(tx.id, _recheck_message(result.decision))
+
+
+def _recheck_message(decision) -> str:
+    """What a re-check did, in words ops can act on."""
+    said, current = decision.target.value, decision.current.value
+    if decision.outcome == Outcome.APPLIED:
+        return f"The gateway says {said}; the payment is now {said}."
+    if decision.outcome == Outcome.NOOP:
+        return f"The gateway says {said}, as recorded here; nothing changed."
+    return (f"The gateway says {said}, but this payment stays {current}: a {current} payment never becomes "
+            f"{said}. The answer is on the timeline.")
 
 
 def cancel_payment(transaction_id: str, actor: str) -> ActionOutcome:

@@ -58,9 +58,9 @@ def refund(transaction_id: str, amount: int, actor: str) -> Refund:
         if tx.status not in REFUNDABLE:
             raise ServiceError(409, "not_refundable", f"Only a successful payment can be refunded; this one is {tx.status}.")
         left = tx.amount - tx.refunded_amount
-        raise ServiceError(422, "refund_exceeds_remaining",
-                           f"At most {left} minor units ({money_text(left, tx.currency)}) remain to be refunded.",
-                           {"remaining": left})
+        message = (f"At most {left} minor units ({money_text(left, tx.currency)}) remain to be refunded." if left
+                   else "Nothing remains to be refunded: the whole payment is refunded or held by refunds in progress.")
+        raise ServiceError(422, "refund_exceeds_remaining", message, {"remaining": left})
     record = Refund(transaction_id=tx.id, amount=amount, currency=tx.currency, status="requested", actor=actor)
     db.session.add(record)
     db.session.flush()

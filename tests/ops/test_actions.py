@@ -41,7 +41,20 @@ def test_recheck_applies_what_the_gateway_says(app, admin_client, pending, gatew
     assert ("ops", f"re-check by {ADMIN}: gateway says success", "ok", ADMIN, "ops") in lines
     assert any(kind == "status" and outcome == "applied" and actor == ADMIN for kind, _, outcome, actor, _ in lines)
     page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
-    assert "The gateway says success; applied." in page
+    assert "The gateway says success; the payment is now success." in page
+
+
+def test_recheck_that_the_table_refuses_says_what_stays(app, admin_client, pending, gateway):
+    _, tx_id = pending
+    gateway.post(f"{GATEWAY}/sessions/cs_{tx_id}/expire", json={"status": "expired"})
+    post_form(admin_client, f"/ops/transactions/{tx_id}/cancel")
+    gateway.get(f"{GATEWAY}/status/{tx_id}", json={"transaction_id": tx_id, "status": "expired", "amount": 1999,
+                                                   "currency": "USD"})
+    page = post_form(admin_client, f"/ops/transactions/{tx_id}/recheck")
+    assert tx_state(app, tx_id)[0] == "cancelled"
+    assert ("The gateway says expired, but this payment stays cancelled: a cancelled payment never becomes "
+            "expired.") in admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    assert page.status_code == 303
 
 
 def test_recheck_when_the_gateway_does_not_know_the_payment(app, admin_client, pending, gateway):

@@ -54,7 +54,9 @@ def test_refund_amount_must_be_a_whole_number_above_zero(app, admin_client, clie
     gateway_refunds(gateway)
     response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": amount})
     assert response.status_code == 422
-    assert 'role="alert"' in response.get_data(as_text=True)
+    html = response.get_data(as_text=True)
+    assert html.count('role="alert"') == 1  # announced once; the field points at its message
+    assert 'aria-describedby="refund-hint refund-error"' in html and 'id="refund-error"' in html
     assert state(app, tx_id) == ("success", 0, [])
     assert refund_calls(gateway) == []
 
@@ -219,6 +221,9 @@ def test_two_full_refunds_at_once_refund_once(app, client, gateway):
     outcomes = _race(app, tx_id, [total, total])
     assert sorted(o for o, _ in outcomes) == ["ok", "refund_exceeds_remaining"]
     assert state(app, tx_id) == ("refunded", total, [(total, "succeeded")])
+    with app.app_context(), pytest.raises(ServiceError) as late:  # a stale tab's full refund, afterwards
+        refunds.refund(tx_id, total, ADMIN)
+    assert late.value.code == "not_refundable" and "this one is refunded" in late.value.message
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Refund)) == 1
 
@@ -281,3 +286,13 @@ def review_and_pass(app, admin_client, tx_id: str) -> int:
     assert post_form(admin_client, f"/ops/transactions/{tx_id}/review", {"reason": reason}).status_code == 303
     reconcile(app)
     return len(unanswered_lines(app, tx_id))
+
+
+def test_nothing_left_to_refund_says_so(app, client, gateway):
+    _, tx_id, total = paid_transaction(client, gateway)
+    cut_off_refund(app, tx_id, total, age_seconds=1)  # the whole payment held by a refund in progress
+    with app.app_context(), pytest.raises(ServiceError) as refused:
+        refunds.refund(tx_id, 1, ADMIN)
+    assert refused.value.code == "refund_exceeds_remaining"
+    assert refused.value.message == ("Nothing remains to be refunded: the whole payment is refunded or held by "
+                                     "refunds in progress.")

@@ -313,4 +313,5 @@ def test_cancel_still_returns_to_the_order_when_the_gateways_expiry_webhook_wins
                          content_type="application/json")
     response = client.post(f"/payment/{tx_id}/cancel", data={"csrf_token": csrf_token(client, f"/payment/{tx_id}")})
     assert response.status_code == 303 and response.headers["Location"] == f"/checkout/{order_id}"
-    assert "nothing was charged" in client.get(f"/checkout/{order_id}").get_data(as_text=True)
+    assert "recorded it as expired) and nothing was charged" in client.get(f"/checkout/{order_id}").get_data(
+        as_text=True)

@@ -150,7 +150,8 @@ def test_bad_card_details_are_refused_on_the_page(shopper, runtime, field, form,
     answer = shopper.pay(session_id, **form)
     assert answer.status_code == 422
     html = page_text(answer)
-    assert message in html and 'aria-invalid="true"' in html
+    assert message in html and f'aria-invalid="true" aria-describedby="{field}-error"' in html
+    assert f'id="{field}-error">{message}<' in html
     assert "4242 4242 4242 4241" not in html and "4242424242424241" not in html
     assert shopper.status("tx_1") == "pending" and deliveries(runtime) == []
     assert shopper.pay(session_id).status_code == 303  # the shopper can correct it
