@@ -104,12 +104,7 @@ def _send(refund_id: str, actor: str) -> Refund:
     if not result.succeeded:
         _release(record, actor, f"the gateway did not confirm it (refund {result.refund_id})")
         raise ServiceError(502, "refund_refused", "The gateway did not confirm the refund; nothing was refunded.")
-    settled = db.session.execute(
-        update(Refund).where(Refund.id == record.id, Refund.status == "requested")
-        .values(status="succeeded", gateway_refund_id=result.refund_id)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if settled == 1:
+    if _leave_requested(record.id, "succeeded", gateway_refund_id=result.refund_id):
         timeline.record(tx_id, "ops", "ops", f"refund of {money_text(amount, currency)} succeeded "
                         f"(gateway refund {result.refund_id})", outcome="ok",
                         detail={"refund_id": record.id, "gateway_refund_id": result.refund_id}, actor=actor)
@@ -117,6 +112,15 @@ def _send(refund_id: str, actor: str) -> Refund:
     log.info("txn=%s refund %s succeeded at the gateway as %s", tx_id, record.id, result.refund_id)
     _settle_status(tx_id, actor)
     return db.session.get(Refund, record.id, populate_existing=True)
+
+
+def _leave_requested(refund_id: str, status: str, **values) -> bool:
+    """Move a refund out of ``requested`` (compare-and-set, in the caller's database
+    transaction); True for the one caller that did. Only that caller may release or count it."""
+    return db.session.execute(
+        update(Refund).where(Refund.id == refund_id, Refund.status == "requested").values(status=status, **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
 
 
 def _flag_unanswered(record: Refund, why: str, actor: str | None, *, source: str = "ops") -> None:
@@ -157,11 +161,7 @@ def flag_unanswered_refunds(older_than: timedelta, limit: int = 100) -> int:
 def _release(record: Refund, actor: str, why: str) -> None:
     """Mark the refund failed and give its amount back, once, whoever gets here first."""
     db.session.rollback()
-    failed = db.session.execute(
-        update(Refund).where(Refund.id == record.id, Refund.status == "requested").values(status="failed")
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if failed == 1:
+    if _leave_requested(record.id, "failed"):
         db.session.execute(
             update(Transaction).where(Transaction.id == record.transaction_id)
             .values(refunded_amount=Transaction.refunded_amount - record.amount)

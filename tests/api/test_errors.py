@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.ops.conftest import csrf_token
+
 
 @pytest.mark.parametrize("path", ["/api/orders", "/initiate-payment"])
 def test_non_json_body_is_415(client, path):
@@ -107,6 +109,14 @@ def test_nul_characters_are_refused_clearly_on_every_database(client, method, pa
 
 
 def test_nul_in_a_page_form_is_refused(client):
-    response = client.post("/payment-status", data={"order_id": "ord_\u0000", "access_code": "x"},
-                           headers={"Accept": "text/html"})
+    token = csrf_token(client, "/payment-status")  # a valid form: the refusal is about the NUL only
+    response = client.post("/payment-status", data={"csrf_token": token, "order_id": "ord_\u0000",
+                                                    "access_code": "x"}, headers={"Accept": "text/html"})
     assert response.status_code == 400
+    assert "did not come from this site" not in response.get_data(as_text=True)  # not the CSRF refusal
+
+
+def test_the_lookup_form_needs_its_csrf_token(client):
+    response = client.post("/payment-status", data={"order_id": "ord_x", "access_code": "x"},
+                           headers={"Accept": "text/html"})
+    assert response.status_code == 400 and "did not come from this site" in response.get_data(as_text=True)

@@ -1,6 +1,13 @@
 """Stage 1 of a pass: paid orders whose fulfillment handler failed are handed to it again."""
 
+from datetime import timedelta
+
+from sqlalchemy import update
+
 from app.domain.status import Status
+from app.extensions import db
+from app.models import Order
+from app.models.clock import utcnow
 from app.services.status_moves import apply_status
 from tests import fulfillment_probe
 
@@ -25,6 +32,26 @@ def test_a_failing_handler_is_retried_by_the_next_pass(app, client, gateway):
 
     assert reconcile(app).fulfilled == 0
     assert fulfillment_probe.calls == [(order_id, tx_id)]
+
+
+def test_an_order_another_process_is_fulfilling_is_left_to_it_until_its_claim_runs_out(app, client, gateway):
+    fulfillment_probe.reset(fail_times=1)
+    order_id, tx_id = pending_payment(app, client, gateway, CHECK_AFTER + 60)
+    answer_status(gateway, tx_id, "success")
+    reconcile(app)  # paid; the handler failed and the claim was released
+    lease = timedelta(seconds=app.config["FULFILLMENT_LEASE_SECONDS"])
+    claim(app, order_id, utcnow() - lease + timedelta(minutes=1))  # another process's handler is running
+    assert reconcile(app).fulfilled == 0
+    assert fulfillment_probe.calls == [] and order_status(app, order_id) == "paid"
+    claim(app, order_id, utcnow() - lease - timedelta(minutes=1))  # that process died long ago
+    assert reconcile(app).fulfilled == 1
+    assert fulfillment_probe.calls == [(order_id, tx_id)]
+
+
+def claim(app, order_id: str, at) -> None:
+    with app.app_context():
+        db.session.execute(update(Order).where(Order.id == order_id).values(fulfillment_claimed_at=at))
+        db.session.commit()
 
 
 def test_a_handler_that_keeps_failing_is_counted_as_an_error_each_pass(app, client, gateway):

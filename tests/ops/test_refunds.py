@@ -296,3 +296,16 @@ def test_nothing_left_to_refund_says_so(app, client, gateway):
     assert refused.value.code == "refund_exceeds_remaining"
     assert refused.value.message == ("Nothing remains to be refunded: the whole payment is refunded or held by "
                                      "refunds in progress.")
+
+
+def test_a_refund_leaves_requested_once_whatever_answers_race(app, client, gateway):
+    """A late success after a release, or a second release, must not count the money twice."""
+    _, tx_id, _ = paid_transaction(client, gateway)
+    refund_id = cut_off_refund(app, tx_id, 500, age_seconds=1)
+    with app.app_context():
+        record = db.session.get(Refund, refund_id)
+        refunds._release(record, ADMIN, "the gateway refused it")  # the amount goes back once
+        refunds._release(record, ADMIN, "refused again")  # a racing refusal: nothing more goes back
+        assert refunds._leave_requested(refund_id, "succeeded") is False  # a late success cannot count it
+        db.session.commit()
+    assert state(app, tx_id) == ("success", 0, [(500, "failed")])

@@ -9,7 +9,9 @@ from .support import ADMIN, ADMIN_KEY, AUTH, Shopper
 REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
 
 
-def test_dashboard_lists_sessions_and_deliveries_without_card_data(app, runtime):
+def test_dashboard_lists_sessions_and_deliveries_without_card_data(make_app):
+    app = make_app(SANDBOX_PENDING_SECONDS=600)  # the 0077 card must still be settling when the page is read
+    runtime = app.extensions["sandbox"]
     shopper = Shopper(app.test_client())
     shopper.pay(shopper.session_id("tx_paid", callback_url="http://127.0.0.1:9/cb"), "4000 0000 0000 0077")
     shopper.pay(shopper.session_id("tx_card", callback_url="http://127.0.0.1:9/cb"), "5555 5555 5555 4444")
