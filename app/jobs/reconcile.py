@@ -41,7 +41,7 @@ from app.models.clock import utcnow
 from app.services import timeline
 from app.services.fulfillment import fulfill_order, orders_awaiting_fulfillment
 from app.services.refunds import flag_unanswered_refunds
-from app.services.gateway_reports import MISMATCH, apply_report, close_session
+from app.services.gateway_reports import MISMATCH, apply_gateway_answer, close_session
 
 log = logging.getLogger(__name__)
 
@@ -246,12 +246,8 @@ def check_one(claim: Claim) -> str | Quiet:
 
 def _apply_answer(claim: Claim, answer, release: Release) -> str:
     log.info("txn=%s poll: gateway says %s", claim.id, answer.status)
-    result = apply_report(
-        claim.id, answer.status, answer.amount, answer.currency, source=SOURCE,
-        summary=f"poll: gateway says {answer.status.value}",
-        detail={"status": answer.status.value, "amount": answer.amount, "currency": answer.currency},
-        before_commit=lambda _: claims.release_many([release]),
-    )
+    result = apply_gateway_answer(answer, source=SOURCE, summary=f"poll: gateway says {answer.status.value}",
+                                  before_commit=lambda _: claims.release_many([release]))
     if result.flagged == MISMATCH:
         return "flagged"
     return "changed" if result.applied else "unchanged"

@@ -25,7 +25,7 @@ from app.models.clock import plausible_id, utcnow
 from app.services import timeline
 from app.services.errors import ServiceError
 from app.services.payments import get_transaction, initiate_payment
-from app.services.gateway_reports import apply_report, close_session
+from app.services.gateway_reports import apply_gateway_answer, close_session
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,7 @@ def check_on_return(transaction_id: str) -> bool:
         log.info("txn=%s return check: gateway says %s", tx.id, "nothing" if answer is None else "pending")
         return True
     log.info("txn=%s return check: gateway says %s", tx.id, answer.status)
-    apply_report(tx.id, answer.status, answer.amount, answer.currency, source=SOURCE,
-                 summary=f"return check: gateway says {answer.status.value}",
-                 detail={"status": answer.status.value, "amount": answer.amount, "currency": answer.currency})
+    apply_gateway_answer(answer, source=SOURCE, summary=f"return check: gateway says {answer.status.value}")
     return True
 
 

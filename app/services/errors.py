@@ -15,3 +15,8 @@ class ServiceError(Exception):
 
     def to_dict(self) -> dict:
         return {"error": self.code, "message": self.message, **self.extra}
+
+
+def transaction_not_found() -> ServiceError:
+    """The 404 of every lookup of a transaction by id."""
+    return ServiceError(404, "transaction_not_found", "No transaction has that id.")

@@ -12,10 +12,10 @@ from typing import Callable
 
 from app.domain.status import Decision, Outcome, Status
 from app.extensions import db
-from app.gateways.base import GatewayRejected
+from app.gateways.base import GatewayRejected, GatewayStatus
 from app.gateways.registry import get_gateway
 from app.services import timeline
-from app.services.errors import ServiceError
+from app.services.errors import transaction_not_found
 from app.services.payments import get_transaction
 from app.services.status_moves import MoveResult, TxState, apply_status, flag_for_review, read_state
 
@@ -43,22 +43,35 @@ def apply_report(
     """
     tx = known or read_state(transaction_id)
     if tx is None:
-        raise ServiceError(404, "transaction_not_found", "No transaction has that id.")
+        raise transaction_not_found()
     if status == Status.SUCCESS and (amount, currency) != (tx.amount, tx.currency):
-        flag_for_review(tx.id, MISMATCH)
-        timeline.record(
-            tx.id, "flag", source,
-            f"gateway success for {amount} {currency} does not match {tx.amount} {tx.currency}: not applied",
-            outcome="flagged", detail=detail, actor=actor,
-        )
-        decision = Decision(tx.status, status, Outcome.REFUSED, flag_reason=MISMATCH)
-        if before_commit:
-            before_commit(decision)
-        db.session.commit()
         log.warning("txn=%s gateway success amount mismatch (source=%s), flagged", tx.id, source)
-        return MoveResult(tx.id, decision, flagged=MISMATCH)
+        return _flag_and_refuse(
+            Decision(tx.status, status, Outcome.REFUSED, flag_reason=MISMATCH), MISMATCH,
+            f"gateway success for {amount} {currency} does not match {tx.amount} {tx.currency}: not applied",
+            tx_id=tx.id, source=source, actor=actor, detail=detail, before_commit=before_commit)
     return apply_status(tx.id, status, source=source, summary=summary, detail=detail, actor=actor,
                         before_commit=before_commit, known=tx)
+
+
+def apply_gateway_answer(answer: GatewayStatus, *, source: str, summary: str, actor: str | None = None,
+                         before_commit: Callable[[Decision], None] | None = None) -> MoveResult:
+    """``apply_report`` for an answer to ``fetch_status``, with the answer kept on the timeline."""
+    return apply_report(answer.transaction_id, answer.status, answer.amount, answer.currency, source=source,
+                        summary=summary, actor=actor, before_commit=before_commit,
+                        detail={"status": answer.status.value, "amount": answer.amount, "currency": answer.currency})
+
+
+def _flag_and_refuse(decision: Decision, reason: str, line: str, *, tx_id: str, source: str, actor: str | None,
+                     detail: dict | None = None, before_commit: Callable[[Decision], None] | None = None
+                     ) -> MoveResult:
+    """Flag the payment for review with ``reason`` and record ``line``, moving nothing; commits."""
+    flag_for_review(tx_id, reason)
+    timeline.record(tx_id, "flag", source, line, outcome="flagged", detail=detail, actor=actor)
+    if before_commit:
+        before_commit(decision)
+    db.session.commit()
+    return MoveResult(tx_id, decision, flagged=reason)
 
 
 def close_session(
@@ -104,17 +117,11 @@ def close_session(
         return apply_report(tx.id, report.status, report.amount, report.currency, source=source, actor=actor,
                             before_commit=before_commit, summary=f"{summary}: {why}, gateway says {report.status.value}")
     if report is None or report.status != Status.SUCCESS:
-        flag_for_review(tx.id, "gateway_inconsistent")
         said = "nothing" if report is None else report.status.value
         answered = "has no such session" if closed is None else "refused to expire the session as paid"
-        timeline.record(tx.id, "flag", source, f"{summary}: the gateway {answered}, "
-                        f"but its status says {said}; left as it is", outcome="flagged", actor=actor)
-        decision = Decision(Status(tx.status), closed_as, Outcome.REFUSED)
-        if before_commit:
-            before_commit(decision)
-        db.session.commit()
-        return MoveResult(tx.id, decision, flagged="gateway_inconsistent")
-    return apply_report(tx.id, report.status, report.amount, report.currency, source=source, actor=actor,
-                        before_commit=before_commit,
-                        detail={"status": report.status.value, "amount": report.amount, "currency": report.currency},
-                        summary=f"{summary}: {why}, the shopper already paid")
+        return _flag_and_refuse(
+            Decision(Status(tx.status), closed_as, Outcome.REFUSED), "gateway_inconsistent",
+            f"{summary}: the gateway {answered}, but its status says {said}; left as it is",
+            tx_id=tx.id, source=source, actor=actor, before_commit=before_commit)
+    return apply_gateway_answer(report, source=source, actor=actor, before_commit=before_commit,
+                                summary=f"{summary}: {why}, the shopper already paid")

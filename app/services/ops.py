@@ -26,7 +26,7 @@ from app.models.clock import utcnow
 from app.services import timeline
 from app.services.errors import ServiceError
 from app.services.payments import get_transaction
-from app.services.gateway_reports import MISMATCH, apply_report, close_session
+from app.services.gateway_reports import MISMATCH, apply_gateway_answer, close_session
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 50
@@ -244,12 +244,12 @@ def recheck(transaction_id: str, actor: str) -> ActionOutcome:
         db.session.commit()
         notify_ops(tx.id)
         return ActionOutcome(tx.id, "The gateway does not know this payment; nothing changed.")
-    detail = {"status": seen.status.value, "amount": seen.amount, "currency": seen.currency}
     timeline.record(tx.id, "ops", "ops", f"re-check by {actor}: gateway says {seen.status.value}",
-                    outcome="ok", detail=detail, actor=actor)
-    result = apply_report(tx.id, seen.status, seen.amount, seen.currency, source="ops", actor=actor, detail=detail,
-                          summary=f"re-check: status {tx.status} -> {seen.status.value}" if tx.status != seen.status
-                          else "")
+                    outcome="ok", detail={"status": seen.status.value, "amount": seen.amount,
+                                          "currency": seen.currency}, actor=actor)
+    result = apply_gateway_answer(seen, source="ops", actor=actor,
+                                  summary=f"re-check: status {tx.status} -> {seen.status.value}"
+                                  if tx.status != seen.status else "")
     if result.flagged == MISMATCH:
         notify_ops(tx.id)
         return ActionOutcome(tx.id, "The gateway reports success for a different amount: flagged, not applied.")

@@ -16,7 +16,7 @@ from app.gateways.registry import get_gateway
 from app.models import Order, OrderStatus, Transaction
 from app.models.clock import iso, plausible_id, public_id, utcnow
 from app.services import idempotency, timeline
-from app.services.errors import ServiceError
+from app.services.errors import ServiceError, transaction_not_found
 from app.services.status_moves import apply_status
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def get_transaction(transaction_id: str) -> Transaction:
     """The transaction, or a 404 ServiceError."""
     tx = find_transaction(transaction_id)
     if tx is None:
-        raise ServiceError(404, "transaction_not_found", "No transaction has that id.")
+        raise transaction_not_found()
     return tx
 
 

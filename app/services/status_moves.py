@@ -20,7 +20,7 @@ from app.metrics import STATUS_MOVES
 from app.models import Order, OrderStatus, Transaction
 from app.models.clock import plausible_id, utcnow
 from app.services import timeline
-from app.services.errors import ServiceError
+from app.services.errors import transaction_not_found
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def apply_status(
         # every retry reads the row afresh.
         tx = known if attempt == 0 and known is not None else read_state(transaction_id)
         if tx is None:
-            raise ServiceError(404, "transaction_not_found", "No transaction has that id.")
+            raise transaction_not_found()
         current = tx.status
         decision = decide(current, target)
         if decision.outcome != Outcome.APPLIED:
