@@ -116,9 +116,7 @@ def check_on_return(transaction_id: str) -> bool:
     try:
         answer = get_gateway().fetch_status(tx.id)
     except GatewayError as exc:
-        db.session.rollback()
-        timeline.record(tx.id, "poll", SOURCE, f"return check failed: {exc}"[:500], outcome="error")
-        db.session.commit()
+        timeline.record_failure(tx.id, "poll", SOURCE, f"return check failed: {exc}")
         log.warning("txn=%s return check: gateway failed: %s", tx.id, exc)
         return True
     if answer is None or answer.status == Status.PENDING:

@@ -223,9 +223,7 @@ class ActionOutcome:
 
 
 def _gateway_failed(tx: Transaction, action: str, actor: str, exc: GatewayError) -> ServiceError:
-    db.session.rollback()
-    timeline.record(tx.id, "ops", "ops", f"{action} by {actor} failed: {exc}"[:500], outcome="error", actor=actor)
-    db.session.commit()
+    timeline.record_failure(tx.id, "ops", "ops", f"{action} by {actor} failed: {exc}", actor=actor)
     log.warning("txn=%s ops %s by %s failed at the gateway: %s", tx.id, action, actor, exc)
     return ServiceError(502, "gateway_unavailable",
                         f"The gateway did not complete the {action}: {exc}. Nothing changed; try again shortly.")

@@ -45,6 +45,13 @@ def record(
     })
 
 
+def record_failure(transaction_id: str, kind: str, source: str, summary: str, *, actor: str | None = None) -> None:
+    """Drop whatever the failed attempt left uncommitted, and commit one ``error`` line about it."""
+    db.session.rollback()
+    record(transaction_id, kind, source, summary[:500], outcome="error", actor=actor)
+    db.session.commit()
+
+
 @event.listens_for(Session, "before_commit")
 def _write_lines(session: Session) -> None:
     lines = session.info.pop(_PENDING, None)
