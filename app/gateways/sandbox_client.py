@@ -40,8 +40,13 @@ RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def _is_amount(value: Any) -> bool:
-    """An amount in minor units we could have asked for (others never match a transaction)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MINOR_UNITS
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _storable_amount(value: Any) -> int | None:
+    """A webhook's amount as the delivery log stores it: one we could have asked for, else None
+    (which never matches a transaction, so a success is flagged, as any other mismatch)."""
+    return value if _is_amount(value) and 0 <= value <= MAX_MINOR_UNITS else None
 
 
 def _text(value: Any, longest: int) -> str | None:
@@ -229,7 +234,7 @@ class SandboxGateway:
             transaction_id=_text(data.get("transaction_id"), 40),  # longer is none of ours
             session_id=_text(data.get("session_id"), 128),
             status=Status.parse(data.get("status")),
-            amount=amount if _is_amount(amount) else None,
+            amount=_storable_amount(amount),
             currency=_text(data.get("currency"), 3),  # anything else never matches: flagged
             payload=payload,
         )

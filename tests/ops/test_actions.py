@@ -75,10 +75,11 @@ def test_recheck_with_the_gateway_down_says_so_and_changes_nothing(app, admin_cl
     assert ops_lines(app, tx_id)[-1][2] == "error"
 
 
-def test_recheck_success_for_another_amount_is_flagged_not_applied(app, admin_client, pending, gateway):
+@pytest.mark.parametrize("amount", [1, -5, 2 ** 31, 10 ** 40])
+def test_recheck_success_for_another_amount_is_flagged_not_applied(app, admin_client, pending, gateway, amount):
     _, tx_id = pending
     gateway.get(f"{GATEWAY}/status/{tx_id}", json={"transaction_id": tx_id, "status": "success",
-                                                   "amount": 1, "currency": "USD"})
+                                                   "amount": amount, "currency": "USD"})
     assert post_form(admin_client, f"/ops/transactions/{tx_id}/recheck").status_code == 303
     assert tx_state(app, tx_id)[:3] == ("pending", True, "amount_mismatch")
 
