@@ -106,3 +106,4 @@ class Refund(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When its transaction was flagged because the gateway's answer to it is not known.
     flagged_at: Mapped[datetime | None]
+    retried_at: Mapped[datetime | None]  # when ops last sent it again (Retry)

@@ -81,6 +81,7 @@ def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:
         raise ServiceError(404, "refund_not_found", "No refund has that id.")
     if record.status != "requested":
         raise ServiceError(409, "refund_settled", f"This refund is already {record.status}.")
+    record.retried_at = utcnow()  # in flight again: not "cut off" for another gateway budget
     timeline.record(record.transaction_id, "ops", "ops", f"refund {record.id} retried by {actor}",
                     outcome="requested", detail={"refund_id": record.id, "amount": record.amount}, actor=actor)
     db.session.commit()
@@ -123,38 +124,44 @@ def _leave_requested(refund_id: str, status: str, **values) -> bool:
     ).rowcount == 1
 
 
-def _flag_unanswered(record: Refund, why: str, actor: str | None, *, source: str = "ops") -> None:
-    """Flag the refund's payment for ops: the money may have moved, so the amount stays held."""
+def _flag_unanswered(record, why: str, actor: str | None, *, swept: bool = False) -> bool:
+    """Flag the refund's payment for ops while the refund is still ``requested``: the money
+    may have moved, so the amount stays held. A ``swept`` record (a row the sweep listed) must
+    also be unflagged and not retried since it was listed. Commits; True when it flagged."""
     tx_id = record.transaction_id
-    db.session.execute(update(Refund).where(Refund.id == record.id).values(flagged_at=utcnow())
-                       .execution_options(synchronize_session=False))
+    conditions = [Refund.id == record.id, Refund.status == "requested"]
+    if swept:
+        conditions += [Refund.flagged_at.is_(None), Refund.retried_at.is_(None) if record.retried_at is None
+                       else Refund.retried_at == record.retried_at]
+    flagged = db.session.execute(update(Refund).where(*conditions).values(flagged_at=utcnow())
+                                 .execution_options(synchronize_session=False)).rowcount
+    if flagged != 1:  # settled (or retried) meanwhile: nothing to flag
+        db.session.rollback()
+        return False
     flag_for_review(tx_id, "refund_outcome_unknown")
-    timeline.record(tx_id, "ops", source, f"refund {record.id} of {money_text(record.amount, record.currency)}: "
+    timeline.record(tx_id, "ops", "poller" if swept else "ops", f"refund {record.id} of {money_text(record.amount, record.currency)}: "
                     f"{why}; amount held, retry it", outcome="error", actor=actor)
     db.session.commit()
     notify_ops(tx_id)
     log.warning("txn=%s refund %s unanswered: %s", tx_id, record.id, why)
+    return True
 
 
 def flag_unanswered_refunds(older_than: timedelta, limit: int = 100) -> int:
     """Flag refunds still ``requested`` after ``older_than`` that nobody flagged: their request
     never came back (the process making it stopped). Each is flagged once; returns how many."""
     cutoff = utcnow() - older_than
-    stale = db.session.scalars(select(Refund).where(Refund.status == "requested", Refund.flagged_at.is_(None),
-                                                    Refund.created_at < cutoff).limit(limit)).all()
+    stale = db.session.execute(select(  # plain rows: what was listed, not reloaded after a commit
+        Refund.id, Refund.transaction_id, Refund.amount, Refund.currency, Refund.created_at, Refund.retried_at,
+    ).where(Refund.status == "requested", Refund.flagged_at.is_(None),
+            func.coalesce(Refund.retried_at, Refund.created_at) < cutoff).limit(limit)).all()
+    db.session.commit()
     flagged = 0
     for record in stale:
-        taken = db.session.execute(  # the first process here flags it; anyone else moves on
-            update(Refund).where(Refund.id == record.id, Refund.flagged_at.is_(None))
-            .values(flagged_at=utcnow()).execution_options(synchronize_session=False)
-        ).rowcount
-        if taken != 1:
-            db.session.rollback()
-            continue
-        _flag_unanswered(record, f"no answer was recorded since {record.created_at.isoformat(timespec='seconds')}Z "
-                         "(the request was cut off)", None, source="poller")
-        flagged += 1
-    db.session.commit()
+        sent = record.retried_at or record.created_at
+        # A compare-and-set: a refund settled, flagged or retried since it was listed is left alone.
+        flagged += _flag_unanswered(record, f"no answer was recorded since {sent.isoformat(timespec='seconds')}Z "
+                                    "(the request was cut off)", None, swept=True)
     return flagged
 
 

@@ -1,4 +1,4 @@
-"""refunds remember when their unknown outcome was flagged for ops
+"""refunds remember when their unknown outcome was flagged for ops, and when they were retried
 
 Revision ID: 0004
 Revises: 0003
@@ -14,8 +14,10 @@ depends_on = None
 
 def upgrade():
     op.add_column("refunds", sa.Column("flagged_at", sa.DateTime(), nullable=True))
+    op.add_column("refunds", sa.Column("retried_at", sa.DateTime(), nullable=True))
 
 
 def downgrade():
     with op.batch_alter_table("refunds") as batch:
+        batch.drop_column("retried_at")
         batch.drop_column("flagged_at")

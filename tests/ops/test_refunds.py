@@ -309,3 +309,42 @@ def test_a_refund_leaves_requested_once_whatever_answers_race(app, client, gatew
         assert refunds._leave_requested(refund_id, "succeeded") is False  # a late success cannot count it
         db.session.commit()
     assert state(app, tx_id) == ("success", 0, [(500, "failed")])
+
+
+def test_the_sweep_leaves_alone_a_refund_that_settles_after_it_was_listed(app, client, gateway, monkeypatch):
+    transactions = [paid_transaction(client, gateway)[1] for _ in range(2)]
+    listed = {cut_off_refund(app, tx_id, 500, age_seconds=600): tx_id for tx_id in transactions}
+    flag = refunds._flag_unanswered
+    settled: list[str] = []
+
+    def flag_while_the_other_settles(record, *args, **kwargs):
+        if not settled:  # meanwhile the other refund's late answer arrives, in another process
+            other = next(refund_id for refund_id in listed if refund_id != record.id)
+            with db.engine.begin() as conn:
+                conn.execute(update(Refund).where(Refund.id == other).values(status="succeeded"))
+            settled.append(other)
+        return flag(record, *args, **kwargs)
+
+    monkeypatch.setattr(refunds, "_flag_unanswered", flag_while_the_other_settles)
+    with app.app_context():
+        assert refunds.flag_unanswered_refunds(timedelta(seconds=60)) == 1
+        flags = {tx_id: db.session.get(Transaction, tx_id).needs_review for tx_id in transactions}
+    assert flags == {listed[settled[0]]: False, **{t: True for t in transactions if t != listed[settled[0]]}}
+
+
+def test_a_refund_being_retried_is_not_swept_as_cut_off(app, admin_client, client, gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    stuck = cut_off_refund(app, tx_id, 500, age_seconds=600)  # ops press Retry before any sweep
+
+    def answer(_request):  # a reconciliation pass runs while the retried call is in flight
+        sweep = threading.Thread(target=lambda: reconcile(app))
+        sweep.start()
+        sweep.join()
+        return 200, {}, json.dumps({"refund_id": "re_retried", "status": "succeeded"})
+
+    gateway.add_callback(responses.POST, REFUNDS_URL, callback=answer)
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{stuck}/retry").status_code == 303
+    assert state(app, tx_id) == ("partially_refunded", 500, [(500, "succeeded")])
+    with app.app_context():
+        assert db.session.get(Transaction, tx_id).needs_review is False
+    assert unanswered_lines(app, tx_id) == []
