@@ -19,13 +19,17 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import delete, or_, select, update
 
+from flask_socketio import join_room
+
 from app.extensions import db, socketio
 from app.models import StaffSession, StaffSocket, User
 from app.models.clock import utcnow
+from app.realtime import OPS_ROOM
 
 log = logging.getLogger(__name__)
 TOUCH_EVERY = timedelta(seconds=60)  # last_seen_at is written at most this often per session
 KEEP_ENDED = timedelta(days=30)  # ended sessions stay this long, for the record
+GIVE_UP_AFTER = timedelta(hours=1)  # a socket still recorded this long after its session ended is gone
 TOKEN_MAX_LENGTH = 64
 
 
@@ -34,9 +38,10 @@ def _hash(token: str) -> str:
 
 
 def _limits(now: datetime) -> tuple[datetime, datetime]:
-    """(last seen before, created before): a session past either has ended."""
+    """(last seen before, created before): a session past either has ended. ``last_seen_at``
+    lags requests by up to TOUCH_EVERY, so idleness is counted from that much earlier."""
     config = current_app.config
-    return (now - timedelta(minutes=config["OPS_SESSION_IDLE_MINUTES"]),
+    return (now - timedelta(minutes=config["OPS_SESSION_IDLE_MINUTES"]) - TOUCH_EVERY,
             now - timedelta(hours=config["OPS_SESSION_MAX_HOURS"]))
 
 
@@ -75,24 +80,49 @@ def current_hash(user: User) -> str | None:
 
 
 def end_sessions(token_hashes: list[str], why: str) -> int:
-    """End these sessions now and disconnect their ops sockets; returns how many sockets."""
+    """End these sessions now and disconnect their ops sockets; returns how many sockets.
+
+    The end is committed before the sockets are read: a socket joining at the same moment
+    records itself and then checks its session (``join_ops_room``), so one of the two always
+    sees the other. A socket's row goes when the socket does (``forget_socket``, in the
+    process holding it). Without REDIS_URL only this process's sockets can be reached here;
+    the app's own housekeeping disconnects the rest (``disconnect_ended``).
+    """
     if not token_hashes:
         return 0
-    now = utcnow()
     db.session.execute(update(StaffSession).where(StaffSession.token_hash.in_(token_hashes),
                                                   StaffSession.ended_at.is_(None))
-                       .values(ended_at=now).execution_options(synchronize_session=False))
-    sids = list(db.session.scalars(select(StaffSocket.sid).where(StaffSocket.token_hash.in_(token_hashes))))
-    db.session.execute(delete(StaffSocket).where(StaffSocket.token_hash.in_(token_hashes))
-                       .execution_options(synchronize_session=False))
+                       .values(ended_at=utcnow()).execution_options(synchronize_session=False))
     db.session.commit()
-    for sid in sids:
-        try:
-            socketio.server.disconnect(sid, namespace="/")
-        except Exception:  # a broken message queue must not keep the session alive
-            log.exception("could not disconnect ops socket of an ended session")
+    sids = list(db.session.scalars(select(StaffSocket.sid).where(StaffSocket.token_hash.in_(token_hashes))))
+    db.session.commit()
+    _disconnect(sids)
     log.info("%s staff session(s) ended (%s), %s socket(s) disconnected", len(token_hashes), why, len(sids))
     return len(sids)
+
+
+def _disconnect(sids: list[str]) -> None:
+    for sid in sids:
+        try:  # through the message queue to whichever process holds it, when there is one
+            socketio.server.disconnect(sid, namespace="/")
+        except Exception:  # a broken message queue must not keep the session alive
+            log.exception("could not disconnect an ops socket of an ended session")
+
+
+def join_ops_room(sid: str, user: User) -> bool:
+    """Record the socket under its session, then join the ops room if the session still lives."""
+    token_hash = current_hash(user)
+    if token_hash is None:
+        return False
+    db.session.merge(StaffSocket(sid=sid, token_hash=token_hash))
+    db.session.commit()
+    ended = db.session.scalar(select(StaffSession.ended_at).where(StaffSession.token_hash == token_hash))
+    db.session.commit()
+    if ended is not None:  # logged out while joining
+        forget_socket(sid)
+        return False
+    join_room(OPS_ROOM, sid=sid, namespace="/")
+    return True
 
 
 def end_user_sessions(user_id: int, why: str) -> tuple[int, int]:
@@ -100,15 +130,6 @@ def end_user_sessions(user_id: int, why: str) -> tuple[int, int]:
     live = list(db.session.scalars(select(StaffSession.token_hash)
                                    .where(StaffSession.user_id == user_id, StaffSession.ended_at.is_(None))))
     return len(live), end_sessions(live, why)
-
-
-def remember_socket(sid: str, user: User) -> None:
-    """Record an ops-room socket under the session it joined with."""
-    token_hash = current_hash(user)
-    if token_hash is None:
-        return
-    db.session.merge(StaffSocket(sid=sid, token_hash=token_hash))
-    db.session.commit()
 
 
 def forget_socket(sid: str) -> None:
@@ -126,7 +147,20 @@ def end_expired_sessions() -> int:
                                              or_(StaffSession.last_seen_at < idle_before,
                                                  StaffSession.created_at < created_before)).limit(1000)))
     end_sessions(expired, "expired")
+    disconnect_ended(now)
     db.session.execute(delete(StaffSession).where(StaffSession.ended_at < now - KEEP_ENDED)
                        .execution_options(synchronize_session=False))
     db.session.commit()
     return len(expired)
+
+
+def disconnect_ended(now: datetime) -> None:
+    """Disconnect sockets still recorded under ended sessions (ended by a process that could not
+    reach them, such as the CLI without REDIS_URL); forget those that outlived GIVE_UP_AFTER,
+    whose process must be gone."""
+    ended = select(StaffSession.token_hash).where(StaffSession.ended_at.is_not(None))
+    _disconnect(list(db.session.scalars(select(StaffSocket.sid).where(StaffSocket.token_hash.in_(ended)))))
+    long_ended = select(StaffSession.token_hash).where(StaffSession.ended_at < now - GIVE_UP_AFTER)
+    db.session.execute(delete(StaffSocket).where(StaffSocket.token_hash.in_(long_ended))
+                       .execution_options(synchronize_session=False))
+    db.session.commit()

@@ -1,6 +1,7 @@
 """`flask --app wsgi ops ...` commands."""
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 
 ops_cli = AppGroup("ops", help="Ops staff accounts.")
@@ -39,4 +40,6 @@ def end_sessions_command(email: str) -> None:
     if user is None:
         raise click.ClickException(f"there is no ops user with email {email}.")
     ended, sockets = sessions.end_user_sessions(user.id, "ended from the command line")
-    click.echo(f"{ended} session(s) of {user.email} ended, {sockets} ops socket(s) disconnected")
+    reach = ("disconnected" if current_app.config.get("REDIS_URL")
+             else "to be disconnected by the app at its next scheduler pass (no REDIS_URL reaches it from here)")
+    click.echo(f"{ended} session(s) of {user.email} ended; {sockets} ops socket(s) {reach}")

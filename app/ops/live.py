@@ -12,7 +12,7 @@ import logging
 
 from flask import request
 from flask_login import current_user
-from flask_socketio import join_room, rooms
+from flask_socketio import rooms
 
 from app.auth import sessions
 from app.extensions import db, socketio
@@ -28,11 +28,10 @@ def register_events() -> None:
     @socketio.on("ops_join")
     def on_ops_join(*_args):
         try:
-            if not current_user.is_authenticated:
+            # Recorded under its session first, so that logging out disconnects it.
+            if not (current_user.is_authenticated and sessions.join_ops_room(request.sid, current_user)):
                 socketio.emit("ops_error", {"error": "unauthorized"}, to=request.sid)
                 return
-            join_room(OPS_ROOM)
-            sessions.remember_socket(request.sid, current_user)  # so logging out disconnects it
             socketio.emit("ops_joined", {"room": OPS_ROOM}, to=request.sid)
             log.debug("ops user id=%s joined the ops room", current_user.id)
         finally:

@@ -245,13 +245,19 @@ def settle_due(runtime, now: datetime | None = None) -> int:
     return sum(1 for s in due if move_status(runtime, s, SUCCESS, steps=(STEP_PROCESSING,)))
 
 
+def _open_step():
+    """Sessions in one of OPEN_STEPS: the only ones that can still expire."""
+    return PaymentSession.step.is_(None) | PaymentSession.step.in_([s for s in OPEN_STEPS if s])
+
+
 def expire_overdue(runtime, now: datetime | None = None) -> int:
     """Expire every pending session past its expires_at; returns how many moved. A card already
     accepted (0077, settling) is never expired: the money went through, it settles instead."""
     now = now or utcnow()
     with runtime.storage.session() as db:
         due = db.scalars(
-            select(PaymentSession).where(PaymentSession.status == PENDING, PaymentSession.expires_at <= now).limit(100)
+            select(PaymentSession).where(PaymentSession.status == PENDING, _open_step(),
+                                         PaymentSession.expires_at <= now).limit(100)
         ).all()
     return sum(1 for s in due if move_status(runtime, s, EXPIRED, steps=OPEN_STEPS))
 
@@ -264,6 +270,7 @@ def next_timer_at(runtime) -> datetime | None:
                 PaymentSession.status == PENDING, PaymentSession.step == STEP_PROCESSING
             )
         )
-        expiry = db.scalar(select(func.min(PaymentSession.expires_at)).where(PaymentSession.status == PENDING))
+        expiry = db.scalar(select(func.min(PaymentSession.expires_at)).where(PaymentSession.status == PENDING,
+                                                                             _open_step()))
     moments = [m for m in (settle, expiry) if m is not None]
     return min(moments) if moments else None

@@ -99,7 +99,7 @@ def test_end_sessions_logs_a_user_out_everywhere(app, runner, staff):
         assert login(browser, email).status_code == 303
     result = runner.invoke(args=["ops", "end-sessions", ADMIN.upper()])
     assert result.exit_code == 0, result.output
-    assert f"2 session(s) of {ADMIN} ended" in result.output
+    assert f"2 session(s) of {ADMIN} ended; 0 ops socket(s) to be disconnected by the app" in result.output
     assert [browser.get("/ops/transactions").status_code for browser in browsers] == [302, 302, 200]
 
 

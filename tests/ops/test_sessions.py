@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import select, update
 
+from app.auth import sessions
 from app.extensions import db, socketio
 from app.jobs.housekeeping import prune_expired_records
 from app.models import StaffSession, StaffSocket, User
@@ -79,8 +80,8 @@ def test_each_login_is_its_own_session(app, staff):
 
 @pytest.mark.parametrize("column", ["last_seen_at", "created_at"])
 def test_an_idle_or_old_session_has_ended(app, admin_client, column):
-    limit = (timedelta(minutes=app.config["OPS_SESSION_IDLE_MINUTES"]) if column == "last_seen_at"
-             else timedelta(hours=app.config["OPS_SESSION_MAX_HOURS"]))
+    limit = (timedelta(minutes=app.config["OPS_SESSION_IDLE_MINUTES"]) + sessions.TOUCH_EVERY
+             if column == "last_seen_at" else timedelta(hours=app.config["OPS_SESSION_MAX_HOURS"]))
     age_sessions(app, **{column: utcnow() - limit + timedelta(minutes=1)})
     assert not sent_to_login(admin_client)  # just inside the limit
     age_sessions(app, **{column: utcnow() - limit - timedelta(minutes=1)})
@@ -140,7 +141,7 @@ def test_housekeeping_ends_expired_sessions_and_their_sockets(app, admin_client,
     login(fresh, ADMIN)
     with app.app_context():
         kept_hash = db.session.scalar(select(StaffSession.token_hash).order_by(StaffSession.created_at.desc()))
-        idle = timedelta(minutes=app.config["OPS_SESSION_IDLE_MINUTES"], seconds=1)
+        idle = timedelta(minutes=app.config["OPS_SESSION_IDLE_MINUTES"], seconds=1) + sessions.TOUCH_EVERY
         db.session.execute(update(StaffSession).where(StaffSession.token_hash != kept_hash)
                            .values(last_seen_at=utcnow() - idle))
         db.session.add(StaffSession(token_hash="0" * 64, user_id=1, created_at=utcnow() - timedelta(days=40),
@@ -153,3 +154,34 @@ def test_housekeeping_ends_expired_sessions_and_their_sockets(app, admin_client,
     assert "0" * 64 not in rows  # ended long ago: deleted
     assert rows[kept_hash] is None and sum(ended is not None for ended in rows.values()) == 1
     assert not sent_to_login(fresh)
+
+
+def test_a_logout_racing_the_join_leaves_no_socket_in_the_ops_room(app, admin_client, monkeypatch):
+    current_hash = sessions.current_hash
+
+    def logout_lands_first(user):  # the logout reads the session's sockets before this one is recorded
+        token_hash = current_hash(user)
+        sessions.end_sessions([token_hash], "logout")
+        return token_hash
+
+    monkeypatch.setattr(sessions, "current_hash", logout_lands_first)
+    sio = socketio.test_client(app, flask_test_client=admin_client)
+    sio.emit("ops_join")
+    assert received(sio, "ops_error") == [{"error": "unauthorized"}]
+    assert list(socketio.server.manager.get_participants("/", "ops")) == []
+    with app.app_context():
+        assert db.session.scalars(select(StaffSocket)).all() == []
+    sio.disconnect()
+
+
+def test_sockets_of_a_session_ended_by_another_process_are_disconnected_by_housekeeping(app, admin_client):
+    """`ops end-sessions` without REDIS_URL ends the session but cannot reach the server's sockets."""
+    sio = socketio.test_client(app, flask_test_client=admin_client)
+    sio.emit("ops_join")
+    age_sessions(app, ended_at=utcnow())  # what the other process wrote; no disconnect reached us
+    assert sio.is_connected()
+    with app.app_context():
+        prune_expired_records()
+    assert not sio.is_connected()
+    with app.app_context():
+        assert db.session.scalars(select(StaffSocket)).all() == []

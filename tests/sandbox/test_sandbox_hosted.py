@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from app.sandbox import payments
 from app.sandbox.models import Delivery, PaymentSession, utcnow
 
 from .support import AUTH, form_token
@@ -114,6 +115,10 @@ def test_an_accepted_card_is_not_expired_when_its_session_passes_expires_at(shop
     with runtime.storage.session() as db:  # the session's window closes while the card settles
         db.execute(update(PaymentSession).values(expires_at=utcnow() - timedelta(seconds=1)))
         db.commit()
+    # The worker's next wake-up is the settlement, not the passed expiry (which would spin it).
+    with runtime.storage.session() as db:
+        settle_at = db.scalar(select(PaymentSession.settle_at))
+    assert payments.next_timer_at(runtime) == settle_at
     runtime.tick()  # the expiry timer
     assert shopper.status("tx_1") == "pending"  # /status refreshes too: still settling, not expired
     time.sleep(0.35)
