@@ -15,6 +15,20 @@ from app.sandbox.models import Delivery, PaymentSession, utcnow
 from .support import AUTH, form_token
 
 
+@pytest.fixture
+def app(make_app):
+    """Here a 0077 card settles when the test says so (``settle_now``), never while it looks."""
+    return make_app(SANDBOX_PENDING_SECONDS=600)
+
+
+def settle_now(runtime) -> None:
+    """Test data setup: every settling card's wait is over."""
+    with runtime.storage.session() as db:
+        db.execute(update(PaymentSession).where(PaymentSession.settle_at.is_not(None))
+                   .values(settle_at=utcnow() - timedelta(seconds=1)))
+        db.commit()
+
+
 def page_text(answer) -> str:
     return answer.get_data(as_text=True)
 
@@ -90,7 +104,7 @@ def test_0077_is_pending_then_succeeds(shopper, runtime):
     assert "processing" in page_text(shopper.client.get(f"/pay/{session_id}"))
     runtime.tick()
     assert deliveries(runtime) == []
-    time.sleep(0.35)  # SANDBOX_PENDING_SECONDS is 0.3 in the suite
+    settle_now(runtime)
     runtime.tick()
     assert shopper.status("tx_1") == "success"
     assert [d.event_status for d in deliveries(runtime)] == ["success"]
@@ -103,7 +117,7 @@ def test_expire_while_an_accepted_card_settles_is_409_success_not_expired(shoppe
     answer = shopper.client.post(f"/sessions/{session_id}/expire", headers=AUTH)
     assert answer.status_code == 409 and answer.get_json()["status"] == "success"
     assert shopper.status("tx_1") == "success"
-    time.sleep(0.35)  # past SANDBOX_PENDING_SECONDS: the settle timer finds nothing left to do
+    settle_now(runtime)  # the settle timer finds nothing left to do
     runtime.tick()
     assert shopper.status("tx_1") == "success"
     assert [d.event_status for d in deliveries(runtime)] == ["success"]
@@ -121,7 +135,7 @@ def test_an_accepted_card_is_not_expired_when_its_session_passes_expires_at(shop
     assert payments.next_timer_at(runtime) == settle_at
     runtime.tick()  # the expiry timer
     assert shopper.status("tx_1") == "pending"  # /status refreshes too: still settling, not expired
-    time.sleep(0.35)
+    settle_now(runtime)
     runtime.tick()
     assert shopper.status("tx_1") == "success"
     assert [d.event_status for d in deliveries(runtime)] == ["success"]
