@@ -17,13 +17,12 @@ import secrets
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import delete, or_, select, update
-
 from flask_socketio import join_room
+from sqlalchemy import delete, or_, select, update
 
 from app.extensions import db, socketio
 from app.models import StaffSession, StaffSocket, User
-from app.models.clock import utcnow
+from app.models.clock import plausible_id, utcnow
 from app.realtime import OPS_ROOM
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,7 @@ def start(user: User) -> None:
 
 def load(token: str) -> User | None:
     """The user of a live session, or None (unknown, ended, idle too long or too old)."""
-    if not (isinstance(token, str) and 0 < len(token) <= TOKEN_MAX_LENGTH and token.isascii()
-            and "\x00" not in token):
+    if not plausible_id(token, TOKEN_MAX_LENGTH):
         return None
     row = db.session.get(StaffSession, _hash(token))
     if row is None or row.ended_at is not None:
@@ -138,26 +136,32 @@ def forget_socket(sid: str) -> None:
 
 
 def end_expired_sessions() -> int:
-    """Housekeeping: end the sessions past their limits (kicking their sockets) and delete
-    sessions that ended more than KEEP_ENDED ago; returns how many sessions it ended."""
+    """Housekeeping: end the sessions past their limits, disconnect every socket still recorded
+    under an ended session, and delete sessions that ended more than KEEP_ENDED ago; returns
+    how many sessions it ended. The ends are committed before the sockets are read, as in
+    ``end_sessions``."""
     now = utcnow()
     idle_before, created_before = _limits(now)
-    expired = list(db.session.scalars(
-        select(StaffSession.token_hash).where(StaffSession.ended_at.is_(None),
-                                             or_(StaffSession.last_seen_at < idle_before,
-                                                 StaffSession.created_at < created_before)).limit(1000)))
-    end_sessions(expired, "expired")
+    ended = db.session.execute(
+        update(StaffSession)
+        .where(StaffSession.ended_at.is_(None),
+               or_(StaffSession.last_seen_at < idle_before, StaffSession.created_at < created_before))
+        .values(ended_at=now).execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
     disconnect_ended(now)
     db.session.execute(delete(StaffSession).where(StaffSession.ended_at < now - KEEP_ENDED)
                        .execution_options(synchronize_session=False))
     db.session.commit()
-    return len(expired)
+    if ended:
+        log.info("%s staff session(s) ended (expired)", ended)
+    return ended
 
 
 def disconnect_ended(now: datetime) -> None:
-    """Disconnect sockets still recorded under ended sessions (ended by a process that could not
-    reach them, such as the CLI without REDIS_URL); forget those that outlived GIVE_UP_AFTER,
-    whose process must be gone."""
+    """Disconnect sockets still recorded under ended sessions (just expired, or ended by a
+    process that could not reach them, such as the CLI without REDIS_URL); forget those that
+    outlived GIVE_UP_AFTER, whose process must be gone."""
     ended = select(StaffSession.token_hash).where(StaffSession.ended_at.is_not(None))
     _disconnect(list(db.session.scalars(select(StaffSocket.sid).where(StaffSocket.token_hash.in_(ended)))))
     long_ended = select(StaffSession.token_hash).where(StaffSession.ended_at < now - GIVE_UP_AFTER)

@@ -9,8 +9,8 @@ Webhooks get lost, so the pass asks instead. Its three stages, in this order:
    status fetched and applied; one that is still pending is asked again on a backoff.
 
 Both windows are measured from ``created_at`` and read when the pass runs. After the stages,
-refunds whose request was cut off are flagged for ops, and old records are pruned. Every move goes
-through apply_status. Rows are claimed in batches (app.jobs.claims); gateway calls run in a
+refunds whose request was cut off are flagged for ops, and old records are pruned. Every
+move goes through apply_status. Rows are claimed in batches (app.jobs.claims); gateway calls run in a
 bounded thread pool, each worker in its own app context and database session, holding no
 database transaction while it waits on the gateway. A worker whose answer moves a status
 applies it itself (apply_status, which may run the fulfillment handler); the common quiet
@@ -40,8 +40,8 @@ from app.models import Order, OrderStatus
 from app.models.clock import utcnow
 from app.services import timeline
 from app.services.fulfillment import fulfill_order, orders_awaiting_fulfillment
-from app.services.refunds import flag_unanswered_refunds
 from app.services.gateway_reports import MISMATCH, apply_gateway_answer, close_session
+from app.services.refunds import flag_unanswered_refunds
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,10 @@
-"""Time and identifiers shared by the models: naive UTC everywhere, random public ids."""
+"""Time and identifiers shared by the models: naive UTC everywhere, random public ids, and
+lookups by an id that came from outside."""
 
 import secrets
 from datetime import datetime, timezone
+
+from app.extensions import db
 
 
 def utcnow() -> datetime:
@@ -17,11 +20,17 @@ def public_id(prefix: str, nbytes: int = 16) -> str:
 ID_MAX_LENGTH = 40  # the id columns' width
 
 
-def plausible_id(value: object) -> bool:
-    """Whether ``value`` could be one of our ids (ASCII text of 1-40 characters, no NUL): others
-    are not looked up at all, so no odd text from outside ever reaches the database driver."""
-    return (isinstance(value, str) and 0 < len(value) <= ID_MAX_LENGTH and value.isascii()
-            and "\x00" not in value)
+def plausible_id(value: object, longest: int = ID_MAX_LENGTH) -> bool:
+    """Whether ``value`` could be one of our ids or tokens (ASCII text of 1-``longest``
+    characters, no NUL): others are not looked up at all, so no odd text from outside ever
+    reaches the database driver."""
+    return isinstance(value, str) and 0 < len(value) <= longest and value.isascii() and "\x00" not in value
+
+
+def find_by_id(model, value: object):
+    """The ``model`` row whose primary key is ``value``, or None (also for anything that
+    could not be one of our ids)."""
+    return db.session.get(model, value) if plausible_id(value) else None
 
 
 def iso(dt: datetime | None) -> str | None:

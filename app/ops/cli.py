@@ -26,7 +26,6 @@ def create_user_command(email: str, role: str, password: str) -> None:
     click.echo(f"ops user {user.email} created with role {user.role}")
 
 
-
 @ops_cli.command("end-sessions")
 @click.argument("email")
 def end_sessions_command(email: str) -> None:

@@ -88,7 +88,8 @@ def transactions():
     page = ops.list_transactions(filters, after=request.args.get("after"), before=request.args.get("before"))
     params = {k: v for k, v in request.args.items() if k not in ("after", "before", "csrf_token") and v}
     return render_template("ops/transactions.html", form=form, page=page, filters=filters, params=params,
-                           counts=ops.status_counts(filters), get_form_token=generate_csrf(token_key=GET_FORM_TOKEN_KEY))
+                           counts=ops.status_counts(filters),
+                           get_form_token=generate_csrf(token_key=GET_FORM_TOKEN_KEY))
 
 
 @bp.get("/transactions/<transaction_id>")

@@ -21,7 +21,7 @@ from app.extensions import db
 from app.gateways.base import GatewayError
 from app.gateways.registry import get_gateway
 from app.models import Order, OrderStatus, Transaction
-from app.models.clock import plausible_id, utcnow
+from app.models.clock import find_by_id, utcnow
 from app.services import timeline
 from app.services.errors import ServiceError
 from app.services.payments import get_transaction, initiate_payment
@@ -152,7 +152,7 @@ def find_payment(order_id: str, access_code: str) -> PaymentLookup | None:
     """
     order_id = (order_id or "").strip()
     code = normalise_access_code(access_code)
-    order = db.session.get(Order, order_id) if plausible_id(order_id) else None
+    order = find_by_id(Order, order_id)
     expected = order.access_code if order is not None else "0" * ACCESS_CODE_LENGTH
     matches = hmac.compare_digest(expected.encode(), code.encode()[:64])
     if order is None or not matches:

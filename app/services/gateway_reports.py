@@ -114,8 +114,8 @@ def close_session(
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary}: the gateway knows neither the session nor the payment (404)")
     if closed is None and report.status in FINAL_WITHOUT_MONEY:
-        return apply_report(tx.id, report.status, report.amount, report.currency, source=source, actor=actor,
-                            before_commit=before_commit, summary=f"{summary}: {why}, gateway says {report.status.value}")
+        return apply_gateway_answer(report, source=source, actor=actor, before_commit=before_commit,
+                                    summary=f"{summary}: {why}, gateway says {report.status.value}")
     if report is None or report.status != Status.SUCCESS:
         said = "nothing" if report is None else report.status.value
         answered = "has no such session" if closed is None else "refused to expire the session as paid"

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from app.domain.money import MAX_MINOR_UNITS, format_minor
 from app.extensions import db
 from app.models import Order, OrderItem, Product
-from app.models.clock import plausible_id
+from app.models.clock import find_by_id
 from app.services.errors import ServiceError
 
 
@@ -49,7 +49,7 @@ def place_order(lines: list[tuple[str, int]]) -> Order:
 
 def get_order(order_id: str) -> Order:
     """The order, or a 404 ServiceError."""
-    order = db.session.get(Order, order_id) if plausible_id(order_id) else None
+    order = find_by_id(Order, order_id)
     if order is None:
         raise ServiceError(404, "order_not_found", "No order has that id.")
     return order

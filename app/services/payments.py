@@ -14,7 +14,7 @@ from app.extensions import db
 from app.gateways.base import GatewayError, SessionRequest
 from app.gateways.registry import get_gateway
 from app.models import Order, OrderStatus, Transaction
-from app.models.clock import iso, plausible_id, public_id, utcnow
+from app.models.clock import find_by_id, iso, plausible_id, public_id, utcnow
 from app.services import idempotency, timeline
 from app.services.errors import ServiceError, transaction_not_found
 from app.services.status_moves import apply_status
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def find_transaction(transaction_id: object) -> Transaction | None:
     """The transaction, or None (also for anything that could not be one of our ids)."""
-    return db.session.get(Transaction, transaction_id) if plausible_id(transaction_id) else None
+    return find_by_id(Transaction, transaction_id)
 
 
 def get_transaction(transaction_id: str) -> Transaction:

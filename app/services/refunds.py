@@ -22,7 +22,7 @@ from app.extensions import db
 from app.gateways.base import GatewayError, GatewayRejected
 from app.gateways.registry import get_gateway
 from app.models import Refund, Transaction
-from app.models.clock import plausible_id, utcnow
+from app.models.clock import find_by_id, utcnow
 from app.services import timeline
 from app.services.errors import ServiceError
 from app.services.ops import money_text, notify_ops
@@ -76,7 +76,7 @@ def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:
 
     404 unless the refund belongs to the transaction; 409 once it succeeded or failed.
     """
-    record = db.session.get(Refund, refund_id) if plausible_id(refund_id) else None
+    record = find_by_id(Refund, refund_id)
     if record is None or record.transaction_id != transaction_id:
         raise ServiceError(404, "refund_not_found", "No refund has that id.")
     if record.status != "requested":
@@ -139,8 +139,9 @@ def _flag_unanswered(record, why: str, actor: str | None, *, swept: bool = False
         db.session.rollback()
         return False
     flag_for_review(tx_id, "refund_outcome_unknown")
-    timeline.record(tx_id, "ops", "poller" if swept else "ops", f"refund {record.id} of {money_text(record.amount, record.currency)}: "
-                    f"{why}; amount held, retry it", outcome="error", actor=actor)
+    money = money_text(record.amount, record.currency)
+    timeline.record(tx_id, "ops", "poller" if swept else "ops", f"refund {record.id} of {money}: {why}; amount held, "
+                    "retry it", outcome="error", actor=actor)
     db.session.commit()
     notify_ops(tx_id)
     log.warning("txn=%s refund %s unanswered: %s", tx_id, record.id, why)
