@@ -35,6 +35,9 @@ class Transaction(db.Model):
     reviewed_at: Mapped[datetime | None]
     reviewed_by: Mapped[str | None] = mapped_column(String(254))
     refunded_amount: Mapped[int] = mapped_column(default=0)
+    # Set just before we ask the gateway to expire the session on someone's request (the
+    # shopper's or ops' cancel): the gateway's "expired" that follows is then recorded as this.
+    closing_as: Mapped[str | None] = mapped_column(String(24))
     # Reconciliation bookkeeping: when to ask the gateway next, how often we asked, who holds it.
     next_check_at: Mapped[datetime | None]
     check_attempts: Mapped[int] = mapped_column(default=0)

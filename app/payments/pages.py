@@ -126,11 +126,11 @@ def cancel(transaction_id: str):
         flash(exc.message, "error")
         return redirect(url_for("payments.payment_page", transaction_id=transaction_id), 303)
     if status in (Status.CANCELLED, Status.EXPIRED):
-        # The gateway's own expiry webhook may land before our cancel does: the session is
-        # closed and nothing was charged either way, but the page says what was recorded.
+        # Expired: the payment's time ran out before the cancel reached it. Nothing was charged
+        # either way, and the page says what was recorded.
         flash("Your payment was cancelled and nothing was charged. You can pay again when you are ready."
-              if status == Status.CANCELLED else "Your payment session was closed (the gateway recorded it as "
-              "expired) and nothing was charged. You can pay again when you are ready.", "ok")
+              if status == Status.CANCELLED else "Your payment had already expired, so nothing was charged. "
+              "You can pay again when you are ready.", "ok")
         return redirect(url_for("shop.checkout_page", order_id=tx.order_id), 303)
     if status == Status.SUCCESS:
         flash("Your payment had already gone through, so it was not cancelled.", "ok")

@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from sqlalchemy import update
+
 from app.domain.status import Decision, Outcome, Status
 from app.extensions import db
-from app.gateways.base import GatewayRejected, GatewayStatus
+from app.gateways.base import GatewayError, GatewayRejected, GatewayStatus
 from app.gateways.registry import get_gateway
+from app.models import Transaction
 from app.services import timeline
 from app.services.errors import transaction_not_found
 from app.services.payments import get_transaction
@@ -44,6 +47,10 @@ def apply_report(
     tx = known or read_state(transaction_id)
     if tx is None:
         raise transaction_not_found()
+    if status == Status.EXPIRED and tx.closing_as not in (None, Status.EXPIRED) and tx.status != Status.EXPIRED:
+        # The gateway expired the session because we asked it to on a cancel: record the cancel.
+        status = tx.closing_as
+        summary = f"{summary or 'gateway says expired'}: the session was closed on request, so {status.value}"
     if status == Status.SUCCESS and (amount, currency) != (tx.amount, tx.currency):
         log.warning("txn=%s gateway success amount mismatch (source=%s), flagged", tx.id, source)
         return _flag_and_refuse(
@@ -74,6 +81,16 @@ def _flag_and_refuse(decision: Decision, reason: str, line: str, *, tx_id: str, 
     return MoveResult(tx_id, decision, flagged=reason)
 
 
+def _remember_closing(transaction_id: str, closing_as: Status | None) -> None:
+    """Record (and commit) what a pending payment's session is being closed as, or forget it."""
+    db.session.execute(
+        update(Transaction)
+        .where(Transaction.id == transaction_id, Transaction.status == Status.PENDING.value)
+        .values(closing_as=closing_as.value if closing_as else None)
+    )
+    db.session.commit()
+
+
 def close_session(
     transaction_id: str,
     closed_as: Status,
@@ -96,12 +113,18 @@ def close_session(
     if tx.gateway_session_id is None:
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary} (no gateway session was opened)")
+    if closed_as != Status.EXPIRED:
+        _remember_closing(tx.id, closed_as)  # committed before the call: its expiry webhook may come first
     try:
         closed = gateway.expire_session(tx.gateway_session_id)
     except GatewayRejected as exc:
         if exc.status_code != 404:
+            _remember_closing(tx.id, None)
             raise
         closed = None  # the gateway has no such session: what does it know of the payment?
+    except GatewayError:
+        _remember_closing(tx.id, None)  # the shopper is told it failed; a later expiry is an expiry
+        raise
     if closed == Status.EXPIRED:
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary}: gateway session expired")

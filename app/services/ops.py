@@ -254,18 +254,20 @@ def recheck(transaction_id: str, actor: str) -> ActionOutcome:
     if not result.applied:
         notify_ops(tx.id)
     log.info("txn=%s re-checked by %s: gateway says %s (%s)", tx.id, actor, seen.status, result.decision.outcome)
-    return ActionOutcome(tx.id, _recheck_message(result.decision))
+    return ActionOutcome(tx.id, _recheck_message(result.decision, seen.status))
 
 
-def _recheck_message(decision) -> str:
-    """What a re-check did, in words ops can act on."""
-    said, current = decision.target.value, decision.current.value
+def _recheck_message(decision, said: Status) -> str:
+    """What a re-check did, in words ops can act on; ``said`` is the gateway's own word."""
+    current, recorded = decision.current.value, decision.target.value
+    read_as = "" if recorded == said.value else f" (it closed the session on our cancel, so that is {recorded})"
+    said = said.value
     if decision.outcome == Outcome.APPLIED:
-        return f"The gateway says {said}; the payment is now {said}."
+        return f"The gateway says {said}{read_as}; the payment is now {recorded}."
     if decision.outcome == Outcome.NOOP:
-        return f"The gateway says {said}, as recorded here; nothing changed."
-    return (f"The gateway says {said}, but this payment stays {current}: a {current} payment never becomes "
-            f"{said}. The answer is on the timeline.")
+        return f"The gateway says {said}{read_as}, as recorded here; nothing changed."
+    return (f"The gateway says {said}{read_as}, but this payment stays {current}: a {current} payment never becomes "
+            f"{recorded}. The answer is on the timeline.")
 
 
 def cancel_payment(transaction_id: str, actor: str) -> ActionOutcome:

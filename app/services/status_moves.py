@@ -61,10 +61,11 @@ class TxState:
     status: Status
     amount: int
     currency: str
+    closing_as: Status | None = None  # what we asked the gateway to close the session as, if we did
 
 
 _READ = select(_transactions.c.id, _transactions.c.order_id, _transactions.c.status, _transactions.c.amount,
-               _transactions.c.currency).where(_transactions.c.id == bindparam("tx_id"))
+               _transactions.c.currency, _transactions.c.closing_as).where(_transactions.c.id == bindparam("tx_id"))
 
 
 def read_state(transaction_id: str) -> TxState | None:
@@ -72,7 +73,10 @@ def read_state(transaction_id: str) -> TxState | None:
     if not plausible_id(transaction_id):
         return None
     row = db.session.connection().execute(_READ, {"tx_id": transaction_id}).first()
-    return None if row is None else TxState(row.id, row.order_id, Status(row.status), row.amount, row.currency)
+    if row is None:
+        return None
+    return TxState(row.id, row.order_id, Status(row.status), row.amount, row.currency,
+                   Status(row.closing_as) if row.closing_as else None)
 
 
 @dataclass(frozen=True)

@@ -223,10 +223,9 @@ def test_back_button_while_pending_shows_the_guard_then_cancel(live, shop_contex
     page.wait_for_url(re.compile(r"/checkout/ord_"))
     notice = page.get_by_role("status").first.inner_text()
     status = requests.get(f"{live.url}/check-payment-status/{tx_id}", timeout=5).json()["status"]
-    # The sandbox announces the expiry by webhook too, which can land before our own move;
-    # the notice then says what was recorded.
-    assert (status, "cancelled" in notice or "recorded it as expired" in notice) in (
-        ("cancelled", True), ("expired", True))
+    # The sandbox announces the expiry by webhook too, often before our own move: that expiry
+    # is this cancel, and is recorded as one.
+    assert status == "cancelled" and "Your payment was cancelled" in notice
     assert dialogs == []  # Cancel left without a beforeunload prompt
 
 

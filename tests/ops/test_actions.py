@@ -44,17 +44,32 @@ def test_recheck_applies_what_the_gateway_says(app, admin_client, pending, gatew
     assert "The gateway says success; the payment is now success." in page
 
 
-def test_recheck_that_the_table_refuses_says_what_stays(app, admin_client, pending, gateway):
-    _, tx_id = pending
+def _cancel_then_recheck(admin_client, gateway, tx_id: str, gateway_says: str):
+    """Cancel the pending payment from its page, then re-check it with the gateway saying ``gateway_says``."""
     gateway.post(f"{GATEWAY}/sessions/cs_{tx_id}/expire", json={"status": "expired"})
     post_form(admin_client, f"/ops/transactions/{tx_id}/cancel")
-    gateway.get(f"{GATEWAY}/status/{tx_id}", json={"transaction_id": tx_id, "status": "expired", "amount": 1999,
+    gateway.get(f"{GATEWAY}/status/{tx_id}", json={"transaction_id": tx_id, "status": gateway_says, "amount": 1999,
                                                    "currency": "USD"})
-    page = post_form(admin_client, f"/ops/transactions/{tx_id}/recheck")
+    return post_form(admin_client, f"/ops/transactions/{tx_id}/recheck")
+
+
+def test_recheck_that_the_table_refuses_says_what_stays(app, admin_client, pending, gateway):
+    _, tx_id = pending
+    page = _cancel_then_recheck(admin_client, gateway, tx_id, "failure")
     assert tx_state(app, tx_id)[0] == "cancelled"
-    assert ("The gateway says expired, but this payment stays cancelled: a cancelled payment never becomes "
-            "expired.") in admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    assert ("The gateway says failure, but this payment stays cancelled: a cancelled payment never becomes "
+            "failure.") in admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
     assert page.status_code == 303
+
+
+def test_recheck_after_a_cancel_reads_the_gateways_expiry_as_that_cancel(app, admin_client, pending, gateway):
+    """The gateway calls a session we closed on a cancel expired; that is the cancel, nothing to fix."""
+    _, tx_id = pending
+    _cancel_then_recheck(admin_client, gateway, tx_id, "expired")
+    assert tx_state(app, tx_id)[0] == "cancelled"
+    page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    assert ("The gateway says expired (it closed the session on our cancel, so that is cancelled), as recorded "
+            "here; nothing changed.") in page
 
 
 def test_recheck_when_the_gateway_does_not_know_the_payment(app, admin_client, pending, gateway):

@@ -214,6 +214,18 @@ def test_cancel_after_paying_shows_the_success(app, client, gateway, order_id):
     assert fulfillment_probe.calls == [(order_id, tx_id)]
 
 
+def test_cancel_after_the_payment_expired_says_so(app, client, gateway, order_id):
+    tx_id = pay_through_pages(client, gateway, order_id)
+    page = f"/payment/{tx_id}"
+    token = csrf_token(client, page)  # the page was open when its time ran out
+    assert post_webhook(app.test_client(), status_event(tx_id, "expired", 1999)).status_code == 200
+    response = client.post(f"{page}/cancel", data={"csrf_token": token})
+    assert response.status_code == 303 and response.headers["Location"] == f"/checkout/{order_id}"
+    assert "Your payment had already expired, so nothing was charged" in client.get(
+        f"/checkout/{order_id}").get_data(as_text=True)
+    assert _status(app, tx_id) == "expired" and calls_to(gateway, "/expire") == 0
+
+
 def test_cancel_with_the_gateway_down_keeps_waiting(app, client, gateway, order_id):
     tx_id = pay_through_pages(client, gateway, order_id)
     gateway.add("POST", f"{GATEWAY}/sessions/cs_{tx_id}/expire", body=requests.ConnectionError("down"))
@@ -305,17 +317,40 @@ def test_lookup_is_rate_limited_per_address(app, make_app):
     assert client.get("/payment-status").status_code == 200  # the form itself is not limited
 
 
-def test_cancel_still_returns_to_the_order_when_the_gateways_expiry_webhook_wins(app, client, gateway, order_id):
-    """The gateway announces the expiry by webhook, sometimes before it answers our expire call."""
+def test_cancel_is_recorded_as_cancelled_when_the_gateways_expiry_webhook_wins(app, client, gateway, order_id):
+    """The gateway announces the expiry by webhook, sometimes before it answers our expire call:
+    that expiry is the shopper's cancel, and is recorded as one."""
     tx_id = pay_through_pages(client, gateway, order_id)
 
     def expire_and_announce_first(request):
         assert post_webhook(app.test_client(), status_event(tx_id, "expired", 1999)).status_code == 200
+        with app.app_context():
+            assert db.session.get(Transaction, tx_id).status == "cancelled"  # the webhook recorded it
         return 200, {}, '{"status": "expired"}'
 
     gateway.add_callback("POST", f"{GATEWAY}/sessions/cs_{tx_id}/expire", callback=expire_and_announce_first,
                          content_type="application/json")
     response = client.post(f"/payment/{tx_id}/cancel", data={"csrf_token": csrf_token(client, f"/payment/{tx_id}")})
     assert response.status_code == 303 and response.headers["Location"] == f"/checkout/{order_id}"
-    assert "recorded it as expired) and nothing was charged" in client.get(f"/checkout/{order_id}").get_data(
+    assert "Your payment was cancelled and nothing was charged" in client.get(f"/checkout/{order_id}").get_data(
         as_text=True)
+    with app.app_context():
+        lines = [(e.source, e.outcome, e.to_status, e.summary) for e in db.session.get(Transaction, tx_id).events
+                 if e.kind == "status"]
+    assert ("webhook", "applied", "cancelled",
+            "gateway says expired: the session was closed on request, so cancelled") in lines
+
+
+def test_an_expiry_after_a_failed_cancel_is_an_expiry(app, client, gateway, order_id):
+    """A cancel the gateway never confirmed leaves nothing behind: the session's own expiry later
+    is recorded as expired, not as the cancel the shopper was told had failed."""
+    tx_id = pay_through_pages(client, gateway, order_id)
+    gateway.add("POST", f"{GATEWAY}/sessions/cs_{tx_id}/expire", status=503)
+    page = f"/payment/{tx_id}"
+    client.post(f"{page}/cancel", data={"csrf_token": csrf_token(client, page)})
+    assert "could not reach the payment service" in client.get(page).get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(Transaction, tx_id).status == "pending"
+    assert post_webhook(app.test_client(), status_event(tx_id, "expired", 1999)).status_code == 200
+    with app.app_context():
+        assert db.session.get(Transaction, tx_id).status == "expired"
