@@ -111,7 +111,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def on_csrf(exc: CSRFError):
-        return _page_or_json(400, "csrf_failed", "The form expired or did not come from this site; reload and try again.")
+        return _page_or_json(400, "csrf_failed",
+                             "The form expired or did not come from this site; reload and try again.")
 
     @app.errorhandler(HTTPException)
     def on_http(exc: HTTPException):

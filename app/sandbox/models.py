@@ -13,7 +13,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from app.domain.status import Status
 
 # Payment statuses as the protocol reports them: the contract's one list (section 3).
-PENDING, SUCCESS, FAILURE, EXPIRED = Status.PENDING.value, Status.SUCCESS.value, Status.FAILURE.value, Status.EXPIRED.value
+PENDING, SUCCESS, FAILURE = Status.PENDING.value, Status.SUCCESS.value, Status.FAILURE.value
+EXPIRED = Status.EXPIRED.value
 CANCELLED, REFUNDED, PARTIALLY_REFUNDED = Status.CANCELLED.value, Status.REFUNDED.value, Status.PARTIALLY_REFUNDED.value
 PAID_STATUSES = (SUCCESS, PARTIALLY_REFUNDED, REFUNDED)
 

@@ -65,7 +65,8 @@ def cancel_payment(transaction_id: str) -> Status:
 
     The gateway session is expired first, so the hosted page can no longer take the card.
     When the gateway answers that the shopper already paid, the payment becomes success if
-    the gateway's record of it carries the right money (and the order is fulfilled once). A payment that is no longer pending is left as it is.
+    the gateway's record of it carries the right money (and the order is fulfilled once).
+    A payment that is no longer pending is left as it is.
     Raises ServiceError 502 when the gateway cannot be reached; the payment stays pending.
     """
     tx = get_transaction(transaction_id)

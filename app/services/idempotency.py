@@ -30,6 +30,11 @@ def _reused() -> ServiceError:
     return ServiceError(422, "idempotency_key_reused", "This Idempotency-Key was used with another request body.")
 
 
+def _in_progress() -> ServiceError:
+    return ServiceError(409, "idempotency_request_in_progress",
+                        "A request with this Idempotency-Key is still being answered; retry shortly.")
+
+
 def _expired(record: IdempotencyRecord, now) -> bool:
     return record.created_at < now - timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
 
@@ -61,7 +66,7 @@ def begin(key: str, scope: str, print_: str) -> IdempotencyRecord | None:
             if record.scope != scope or record.fingerprint != print_:
                 raise _reused()
             if record.status_code is None:
-                raise ServiceError(409, "idempotency_request_in_progress", "A request with this Idempotency-Key is still being answered; retry shortly.")
+                raise _in_progress()
             db.session.rollback()
             return record
         if record is not None:
@@ -72,7 +77,7 @@ def begin(key: str, scope: str, print_: str) -> IdempotencyRecord | None:
             return None
         except IntegrityError:
             db.session.rollback()  # a concurrent request claimed it first: read its record
-    raise ServiceError(409, "idempotency_request_in_progress", "A request with this Idempotency-Key is still being answered; retry shortly.")
+    raise _in_progress()
 
 
 def finish(key: str, status_code: int, response: dict) -> None:
@@ -87,5 +92,7 @@ def finish(key: str, status_code: int, response: dict) -> None:
 def release(key: str) -> None:
     """Forget a claim whose request failed unexpectedly, so a retry can run."""
     db.session.rollback()
-    db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.key == key, IdempotencyRecord.status_code.is_(None)))
+    db.session.execute(
+        delete(IdempotencyRecord).where(IdempotencyRecord.key == key, IdempotencyRecord.status_code.is_(None))
+    )
     db.session.commit()

@@ -188,7 +188,8 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
     return (201 if created else 200), _initiation_body(tx)
 
 
-def initiate_payment(order_id: str, amount: int | None, idempotency_key: str | None, request_body: dict) -> tuple[int, dict]:
+def initiate_payment(order_id: str, amount: int | None, idempotency_key: str | None,
+                     request_body: dict) -> tuple[int, dict]:
     """Start (or reuse) the order's payment and return ``(http_status, body)``.
 
     With an Idempotency-Key the first answer, success or refusal, is stored and replayed.

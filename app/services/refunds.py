@@ -56,7 +56,8 @@ def refund(transaction_id: str, amount: int, actor: str) -> Refund:
         db.session.rollback()
         tx = db.session.get(Transaction, tx.id, populate_existing=True)
         if tx.status not in REFUNDABLE:
-            raise ServiceError(409, "not_refundable", f"Only a successful payment can be refunded; this one is {tx.status}.")
+            raise ServiceError(409, "not_refundable",
+                               f"Only a successful payment can be refunded; this one is {tx.status}.")
         left = tx.amount - tx.refunded_amount
         message = (f"At most {left} minor units ({money_text(left, tx.currency)}) remain to be refunded." if left
                    else "Nothing remains to be refunded: the whole payment is refunded or held by refunds in progress.")
