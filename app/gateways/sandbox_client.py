@@ -3,18 +3,27 @@
 Retries are urllib3's: connection errors, read timeouts, 429 and 5xx are retried with
 exponential backoff and jitter. Every retry of create-session carries the same
 Idempotency-Key (the transaction id), so a retry never opens a second session.
-Worst case with the defaults: 4 attempts x (2 s connect + 4 s read) + 3.5 s backoff < 30 s.
+
+A call, retries included, is over within its time budget (``GATEWAY_TOTAL_BUDGET``, 30 s)
+whatever the gateway does. Timeouts bound each socket read, not an answer sent one byte at a
+time, so the call runs on a helper thread and the caller stops waiting at the budget; the
+retry policy gives up at the same moment, so an abandoned call makes no further attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as WaitedTooLong
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from app import bounded_json
@@ -37,6 +46,25 @@ from app.models.clock import iso
 
 log = logging.getLogger(__name__)
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+_this_call = threading.local()  # the deadline of the call the current thread is making
+
+
+def _budget_spent() -> bool:
+    deadline = getattr(_this_call, "deadline", None)
+    return deadline is not None and time.monotonic() >= deadline
+
+
+class _BudgetedRetry(Retry):
+    """urllib3's retry policy, which also gives up once the call's time budget is spent: when
+    counting a failed attempt, and again after reading its answer and backing off."""
+
+    def is_exhausted(self) -> bool:
+        return super().is_exhausted() or _budget_spent()
+
+    def sleep(self, response=None) -> None:
+        super().sleep(response)
+        if _budget_spent():
+            raise MaxRetryError(None, "", ResponseError("the call's time budget is spent"))
 
 
 def _is_amount(value: Any) -> bool:
@@ -71,6 +99,7 @@ class SandboxGateway:
         read_timeout: float = 4.0,
         retries: int = 3,
         backoff: float = 0.5,
+        total_budget: float = 30.0,
     ):
         self.base_url = base_url.rstrip("/")
         if not webhook_secrets:
@@ -83,7 +112,11 @@ class SandboxGateway:
                                    f"{len(webhook_secrets)}: {exc} (expected whsec_ followed by base64)") from None
         self.webhook_secrets = webhook_secrets
         self.timeout = (connect_timeout, read_timeout)
-        retry = Retry(
+        self.total_budget = total_budget
+        self._callers: ThreadPoolExecutor | None = None
+        self._callers_pid = 0
+        self._callers_lock = threading.Lock()
+        retry = _BudgetedRetry(
             total=retries,
             connect=retries,
             read=retries,
@@ -113,6 +146,7 @@ class SandboxGateway:
             read_timeout=config["GATEWAY_READ_TIMEOUT"],
             retries=config["GATEWAY_RETRIES"],
             backoff=config["GATEWAY_BACKOFF"],
+            total_budget=config["GATEWAY_TOTAL_BUDGET"],
         )
 
     # -- outgoing calls -------------------------------------------------------------------
@@ -131,10 +165,32 @@ class SandboxGateway:
         finally:
             GATEWAY_SECONDS.labels(operation, result).observe(time.perf_counter() - started)
 
+    def _helpers(self) -> ThreadPoolExecutor:
+        """This process's threads for gateway calls (made after a fork, never inherited)."""
+        with self._callers_lock:
+            if self._callers is None or self._callers_pid != os.getpid():
+                self._callers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="gateway-call")
+                self._callers_pid = os.getpid()
+            return self._callers
+
+    def _request(self, deadline: float, method: str, url: str, kwargs: dict) -> requests.Response:
+        """One call with its retries, on a helper thread; the whole body is read here."""
+        _this_call.deadline = deadline
+        try:
+            return self.http.request(method, url, timeout=self.timeout, **kwargs)
+        finally:
+            _this_call.deadline = None
+
     def _send(self, method: str, path: str, ok: tuple[int, ...], **kwargs) -> requests.Response:
         url = f"{self.base_url}{path}"
+        deadline = time.monotonic() + self.total_budget
+        call = self._helpers().submit(self._request, deadline, method, url, kwargs)
         try:
-            response = self.http.request(method, url, timeout=self.timeout, **kwargs)
+            response = call.result(timeout=max(0.0, deadline - time.monotonic()))
+        except WaitedTooLong:
+            call.cancel()
+            log.warning("gateway %s %s gave no complete answer within %.0f s", method, path, self.total_budget)
+            raise GatewayUnavailable(f"gateway gave no complete answer within {self.total_budget:.0f} s") from None
         except requests.RequestException as exc:
             log.warning("gateway %s %s unreachable: %s", method, path, type(exc).__name__)
             raise GatewayUnavailable(f"gateway unreachable: {type(exc).__name__}") from exc

@@ -1,5 +1,9 @@
 """The sandbox adapter's parsing of gateway answers (contract section 4)."""
 
+import socket
+import threading
+import time
+
 import pytest
 import requests
 import responses
@@ -83,3 +87,79 @@ def test_timeouts_are_retried_then_unavailable(gw):
     responses.get(f"{BASE}/status/txn_1", body=requests.exceptions.ReadTimeout("slow"))
     with pytest.raises(GatewayUnavailable):
         gw.fetch_status("txn_1")
+
+
+class DripGateway:
+    """A gateway on a real socket that sends its answer one byte at a time.
+
+    Each byte comes well within the read timeout, so only the call's whole-time budget can
+    end the wait. ``head`` is dripped too when ``drip_head`` is set."""
+
+    def __init__(self, status: int, body: bytes, *, every: float, drip_head: bool = False):
+        self.answer_head = (f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        self.body, self.every, self.drip_head = body, every, drip_head
+        self.requests = 0
+        self.answered = threading.Event()  # set when one whole answer has been sent
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += conn.recv(65536)
+            self.requests += 1
+            conn.sendall(b"" if self.drip_head else self.answer_head)
+            try:
+                for byte in (self.answer_head if self.drip_head else b"") + self.body:
+                    time.sleep(self.every)
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return  # the client went away
+        self.answered.set()
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.fixture
+def drip():
+    made = []
+
+    def start(*args, **kwargs):
+        made.append(DripGateway(*args, **kwargs))
+        return made[-1]
+    yield start
+    for server in made:
+        server.close()
+
+
+@pytest.mark.parametrize("drip_head", [False, True], ids=["body", "status line and headers"])
+def test_an_answer_sent_a_byte_at_a_time_ends_at_the_budget(drip, drip_head):
+    """Every byte arrives within the read timeout; the call still ends at its time budget."""
+    body = b'{"transaction_id": "txn_1", "status": "success", "amount": 1999, "currency": "USD"}'
+    server = drip(200, body, every=0.2, drip_head=drip_head)  # the whole answer takes 17 s or more
+    gw = SandboxGateway(server.url, "sk_test", ["whsec_c2VjcmV0"], read_timeout=2.0, backoff=0.0, total_budget=1.0)
+    with pytest.raises(GatewayUnavailable, match="no complete answer within 1 s"):
+        gw.fetch_status("txn_1")
+    assert not server.answered.is_set()  # the caller stopped waiting long before the answer was complete
+
+
+def test_a_call_past_its_budget_makes_no_further_attempt(drip):
+    """A 503 whose body drips past the budget: the caller has given up, and so has the retry."""
+    server = drip(503, b'{"error": "busy"}', every=0.15)
+    gw = SandboxGateway(server.url, "sk_test", ["whsec_c2VjcmV0"], read_timeout=2.0, backoff=0.0, total_budget=1.0)
+    with pytest.raises(GatewayUnavailable):
+        gw.fetch_status("txn_1")
+    gw._helpers().shutdown(wait=True)  # the abandoned call has finished reading its answer
+    assert server.answered.is_set() and server.requests == 1
