@@ -98,6 +98,7 @@ class TransactionEvent(db.Model):
 
 class Refund(db.Model):
     __tablename__ = "refunds"
+    __table_args__ = (Index("uq_refunds_request_key", "request_key", unique=True),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: public_id("rf", 12))
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), index=True)
@@ -110,3 +111,5 @@ class Refund(db.Model):
     # When its transaction was flagged because the gateway's answer to it is not known.
     flagged_at: Mapped[datetime | None]
     retried_at: Mapped[datetime | None]  # when ops last sent it again (Retry)
+    # The one-time key of the form that asked for it: the same form sent twice refunds once.
+    request_key: Mapped[str | None] = mapped_column(String(64))

@@ -5,7 +5,7 @@ changes nothing, so it carries none (a token in a URL would leak into logs and h
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import DateField, SelectField, StringField, SubmitField
+from wtforms import DateField, HiddenField, SelectField, StringField, SubmitField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional, Regexp, ValidationError
 
@@ -21,6 +21,8 @@ class RefundForm(FlaskForm):
                     Regexp(r"^\s*[0-9]{1,12}\s*$", message="Enter a whole number of minor units, like 500 for 5.00.")],
         render_kw={"inputmode": "numeric", "autocomplete": "off"},
     )
+    # A fresh one-time key on every page: the same form sent twice refunds once.
+    request_key = HiddenField(validators=[Optional(), Length(max=64)])
     submit = SubmitField("Refund")
 
     def validate_amount(self, field) -> None:

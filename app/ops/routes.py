@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from functools import wraps
 
@@ -108,6 +109,7 @@ def _detail_page(transaction_id: str, *, refund_form: RefundForm | None = None, 
     detail = ops.transaction_detail(transaction_id)
     return render_template("ops/transaction.html", d=detail, tx=detail.transaction,
                            refund_form=refund_form or RefundForm(formdata=None),
+                           refund_keys=(secrets.token_urlsafe(16), secrets.token_urlsafe(16)),
                            error=error), status
 
 
@@ -154,7 +156,7 @@ def refund(transaction_id: str):
         message = next(iter(form.amount.errors), "Enter a whole number of minor units above 0.")
         return _detail_page(transaction_id, refund_form=form, error=message, status=422)
     try:
-        done = refunds.refund(transaction_id, form.minor_units, current_user.email)
+        done = refunds.refund(transaction_id, form.minor_units, current_user.email, form.request_key.data or None)
     except ServiceError as exc:
         return _refused(transaction_id, exc, refund_form=form)
     return _done(transaction_id, f"Refunded {ops.money_text(done.amount, done.currency)}.")

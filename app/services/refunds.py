@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from flask import current_app
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.domain.status import Status
 from app.extensions import db
@@ -28,21 +30,29 @@ from app.services.errors import ServiceError
 from app.services.ops import money_text, notify_ops
 from app.services.payments import get_transaction
 from app.services.status_moves import apply_status, flag_for_review
+from app.services.waiting import wait_for
 
 log = logging.getLogger(__name__)
 REFUNDABLE = (Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value)
 
 
-def refund(transaction_id: str, amount: int, actor: str) -> Refund:
+def refund(transaction_id: str, amount: int, actor: str, request_key: str | None = None) -> Refund:
     """Refund ``amount`` minor units of a captured payment and move its status.
 
+    ``request_key`` is the one-time key of the form that asked: a form sent again (a double
+    click, a reload of the answer) gets the refund it already made, never a second one.
     422 ``invalid_amount`` unless a whole number above 0; 409 ``not_refundable`` unless the
     payment is success or partially_refunded; 422 ``refund_exceeds_remaining`` beyond what
-    remains; 502 when the gateway refuses or does not answer.
+    remains; 502 when the gateway refuses or does not answer; 409 ``refund_already_requested``
+    for a form sent again whose refund has not succeeded.
     """
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise ServiceError(422, "invalid_amount", "The refund amount must be a whole number of minor units above 0.")
     tx = get_transaction(transaction_id)
+    if request_key:
+        earlier = _made_by_form(tx.id, request_key, amount)
+        if earlier is not None:
+            return earlier
     # Neither the amount nor any sum may leave the 32-bit integer column's range: more than the
     # payment is refused here, and the reservation compares "refunded <= amount - x".
     reserved = 0 if amount > tx.amount else db.session.execute(
@@ -54,6 +64,9 @@ def refund(transaction_id: str, amount: int, actor: str) -> Refund:
     ).rowcount
     if reserved != 1:
         db.session.rollback()
+        earlier = _made_by_form(tx.id, request_key, amount) if request_key else None
+        if earlier is not None:  # the same form's other copy took the amount meanwhile
+            return earlier
         tx = db.session.get(Transaction, tx.id, populate_existing=True)
         if tx.status not in REFUNDABLE:
             raise ServiceError(409, "not_refundable",
@@ -62,14 +75,50 @@ def refund(transaction_id: str, amount: int, actor: str) -> Refund:
         message = (f"At most {left} minor units ({money_text(left, tx.currency)}) remain to be refunded." if left
                    else "Nothing remains to be refunded: the whole payment is refunded or held by refunds in progress.")
         raise ServiceError(422, "refund_exceeds_remaining", message, {"remaining": left})
-    record = Refund(transaction_id=tx.id, amount=amount, currency=tx.currency, status="requested", actor=actor)
+    record = Refund(transaction_id=tx.id, amount=amount, currency=tx.currency, status="requested", actor=actor,
+                    request_key=request_key or None)
     db.session.add(record)
-    db.session.flush()
+    try:
+        db.session.flush()
+    except IntegrityError:  # the same form, sent twice at once: the other copy made the refund
+        db.session.rollback()  # and with it this copy's reservation
+        return _made_by_form(tx.id, request_key, amount)
     timeline.record(tx.id, "ops", "ops", f"refund of {money_text(amount, tx.currency)} requested by {actor}",
                     outcome="requested", detail={"refund_id": record.id, "amount": amount}, actor=actor)
     db.session.commit()  # the reservation holds before the gateway is asked
     log.info("txn=%s refund %s of %s requested by %s", tx.id, record.id, amount, actor)
     return _send(record.id, actor)
+
+
+def _made_by_form(transaction_id: str, request_key: str, amount: int) -> Refund | None:
+    """The refund a form with ``request_key`` already made, if any: returned when it succeeded;
+    otherwise 409, saying where it stands, since sending it again would be a second refund."""
+    def read():
+        return db.session.scalar(select(Refund).where(Refund.request_key == request_key)
+                                 .execution_options(populate_existing=True))
+
+    earlier = read()
+    if earlier is None:
+        return None
+    if earlier.transaction_id != transaction_id or earlier.amount != amount:
+        raise ServiceError(409, "refund_form_reused", "This form was already used for another refund; "
+                           "reload the page to refund again.")
+    budget = current_app.config["GATEWAY_TOTAL_BUDGET"]
+    if _in_flight(earlier, budget):  # a double click: the first copy's answer is this one's too
+        earlier = wait_for(read, lambda refund: not _in_flight(refund, budget), budget + 5)
+    if earlier.status == "succeeded":
+        return earlier
+    where = ("is waiting for the gateway's answer: retry it from the list of refunds below if it stays so"
+             if earlier.status == "requested" else "failed, and nothing was refunded")
+    raise ServiceError(409, "refund_already_requested", f"This form already asked for refund {earlier.id}, which "
+                       f"{where}. To refund again, enter the amount anew.")
+
+
+def _in_flight(record: Refund, budget: float) -> bool:
+    """Sent to the gateway within its time budget and not answered yet."""
+    sent = record.retried_at or record.created_at
+    return (record.status == "requested" and record.flagged_at is None
+            and sent > utcnow() - timedelta(seconds=budget + 1))
 
 
 def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:

@@ -11,7 +11,31 @@
   var POLL_MS = 15000;
   var timer = null;
 
+  // Any page: a form is sent once. A second click while the first is on its way is dropped
+  // (the server also refuses a refund form sent twice); Back to a kept page re-arms it.
+  Array.prototype.forEach.call(document.querySelectorAll('form[method="post"]'), function (form) {
+    form.addEventListener("submit", function (event) {
+      if (form.getAttribute("data-sending")) { event.preventDefault(); return; }
+      form.setAttribute("data-sending", "1");
+      form.setAttribute("aria-busy", "true");
+    });
+  });
+  window.addEventListener("pageshow", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-sending]"), function (form) {
+      form.removeAttribute("data-sending");
+      form.removeAttribute("aria-busy");
+    });
+  });
+
   if (kind !== "list" && kind !== "detail") return;
+
+  // An action's answer (a refusal) is rendered at the action's address, which answers POST
+  // only: show the page's own address, so a reload reads the page instead of sending the
+  // form again, and refresh from there.
+  var pageUrl = body.getAttribute("data-page-url") || window.location.href;
+  if (body.getAttribute("data-page-url") && window.location.pathname !== pageUrl) {
+    history.replaceState(history.state, "", pageUrl);
+  }
 
   function setIndicator(state, text) {
     var el = document.getElementById("live-indicator");
@@ -35,18 +59,24 @@
 
   function refresh(message, changedId) {
     var ids = sectionsToSwap();
-    return fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+    return fetch(pageUrl, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (response) {
+        if (response.redirected) sessionEnded();  // sent to the login page
         if (response.redirected || !response.ok) throw new Error("refresh failed: " + response.status);
         return response.text();
       })
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html");
+        var focused = whereIs(document.activeElement);
         ids.forEach(function (id) {
           var next = fresh.getElementById(id);
           var current = document.getElementById(id);
           if (next && current) current.replaceWith(document.importNode(next, true));
         });
+        if (focused && !document.body.contains(focused.element)) {
+          var again = document.querySelector(focused.selector);  // the same control in the fresh section
+          if (again) again.focus({ preventScroll: true });
+        }
         if (changedId) {
           var row = document.querySelector('tr[data-transaction-id="' + cssEscape(changedId) + '"]');
           if (row) row.classList.add("updated");
@@ -54,6 +84,33 @@
         if (message) announce(message);
       })
       .catch(function () { /* the next update or poll tries again */ });
+  }
+
+  // How to find the focused control again after its section is replaced: by id, by its row,
+  // or by its form's action.
+  function whereIs(element) {
+    if (!element || element === document.body) return null;
+    var selector = null;
+    var row = element.closest && element.closest("tr[data-transaction-id]");
+    var form = element.closest && element.closest("form[action]");
+    if (element.id) {
+      selector = "#" + cssEscape(element.id);
+    } else if (row) {
+      selector = 'tr[data-transaction-id="' + cssEscape(row.getAttribute("data-transaction-id")) + '"] ' +
+        element.tagName.toLowerCase();
+    } else if (form) {
+      selector = 'form[action="' + cssEscape(form.getAttribute("action")) + '"] ' + element.tagName.toLowerCase() +
+        (element.getAttribute("type") ? '[type="' + cssEscape(element.getAttribute("type")) + '"]' : "");
+    }
+    return selector ? { element: element, selector: selector } : null;
+  }
+
+  var ended = false;
+  function sessionEnded() {
+    if (ended) return;
+    ended = true;
+    setIndicator("off", "Live updates: off. Your session has ended; log in again.");
+    announce("Your session has ended. Log in again to go on.");
   }
 
   function cssEscape(value) {
@@ -100,8 +157,12 @@
   var socket = window.io();
   socket.on("connect", function () { socket.emit("ops_join"); });
   socket.on("ops_joined", function () { setIndicator("on", "Live updates: on"); });
-  socket.on("ops_error", function () { setIndicator("off", "Live updates: off (log in again)"); });
-  socket.on("disconnect", function () { setIndicator("off", "Live updates: reconnecting…"); });
-  socket.on("connect_error", function () { setIndicator("off", "Live updates: reconnecting…"); });
+  socket.on("ops_error", sessionEnded);
+  socket.on("disconnect", function (reason) {
+    // The server closes a socket whose staff session ended (logout, expiry); it does not come back.
+    if (reason === "io server disconnect") { sessionEnded(); return; }
+    if (!ended) setIndicator("off", "Live updates: reconnecting…");
+  });
+  socket.on("connect_error", function () { if (!ended) setIndicator("off", "Live updates: reconnecting…"); });
   socket.on("transaction_updated", onUpdate);
 })();

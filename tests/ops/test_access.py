@@ -5,8 +5,9 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import func, select
 
+from app.auth import sessions
 from app.extensions import db
-from app.models import TransactionEvent
+from app.models import TransactionEvent, User
 from tests.ops.conftest import ADMIN, PASSWORD, VIEWER, csrf_token, login, paid_transaction, post_form
 
 PUBLIC = {"auth.login", "static"}
@@ -213,3 +214,18 @@ def test_every_form_of_the_console_carries_a_csrf_token(admin_client, gateway):
         html = admin_client.get(path).get_data(as_text=True)
         forms = re.findall(r"<form\b.*?</form>", html, re.S)
         assert forms and all('name="csrf_token"' in form for form in forms), path
+
+
+def test_a_form_sent_after_the_session_ended_returns_to_its_page_after_login(app, admin_client, client, gateway):
+    """The re-check form's address answers POST only: login must not send the browser there."""
+    _, tx_id, _ = paid_transaction(client, gateway)
+    token = csrf_token(admin_client, f"/ops/transactions/{tx_id}")
+    with app.app_context():
+        sessions.end_user_sessions(db.session.scalar(select(User.id).where(User.email == ADMIN)), "test")
+    response = admin_client.post(f"/ops/transactions/{tx_id}/recheck", data={"csrf_token": token})
+    assert response.status_code == 302
+    assert response.location == f"/ops/login?next=/ops/transactions/{tx_id}"
+    again = admin_client.post(response.location, data={"csrf_token": csrf_token(admin_client), "email": ADMIN,
+                                                       "password": PASSWORD})
+    assert again.status_code == 303 and again.location == f"/ops/transactions/{tx_id}"
+    assert admin_client.get(again.location).status_code == 200

@@ -1,6 +1,7 @@
 """Refunds: integer minor units above 0, never more than remains, even submitted at once."""
 
 import json
+import re
 import threading
 import time
 from datetime import timedelta
@@ -171,7 +172,7 @@ def test_the_service_accepts_only_positive_integers(app, client, gateway, amount
     assert refused.value.status == 422 and refused.value.code == "invalid_amount"
 
 
-def _race(app, tx_id, amounts):
+def _race(app, tx_id, amounts, request_key=None):
     barrier = threading.Barrier(len(amounts))
     outcomes, errors = [], []
 
@@ -179,8 +180,8 @@ def _race(app, tx_id, amounts):
         with app.app_context():
             barrier.wait()
             try:
-                refunds.refund(tx_id, amount, ADMIN)
-                outcomes.append(("ok", amount))
+                made = refunds.refund(tx_id, amount, ADMIN, request_key)
+                outcomes.append(("ok", made.id if request_key else amount))
             except ServiceError as exc:
                 outcomes.append((exc.code, amount))
             except Exception as exc:  # pragma: no cover - reported below
@@ -226,6 +227,56 @@ def test_two_full_refunds_at_once_refund_once(app, client, gateway):
     assert late.value.code == "not_refundable" and "this one is refunded" in late.value.message
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Refund)) == 1
+
+
+def test_the_same_form_sent_twice_at_once_refunds_once(app, client, gateway):
+    """A double click: both copies carry the form's one-time key, and both get the one refund."""
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway_refunds(gateway, delay=0.3)  # the second copy arrives while the first is at the gateway
+    outcomes = _race(app, tx_id, [1000, 1000], request_key="form-key-1")
+    with app.app_context():
+        refund_id = db.session.scalar(select(Refund.id))
+    assert outcomes == [("ok", refund_id), ("ok", refund_id)]
+    assert state(app, tx_id) == ("partially_refunded", 1000, [(1000, "succeeded")])
+    assert len(refund_calls(gateway)) == 1
+
+
+def test_a_form_sent_again_gets_its_refund_not_another(app, admin_client, client, gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway_refunds(gateway)
+    url = f"/ops/transactions/{tx_id}/refund"
+    page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    keys = re.findall(r'name="request_key" value="([^"]+)"', page)
+    assert len(keys) == 2 and len(set(keys)) == 2  # one per form
+    assert set(re.findall(r'name="request_key" value="([^"]+)"', admin_client.get(
+        f"/ops/transactions/{tx_id}").get_data(as_text=True))).isdisjoint(keys)  # fresh on every page
+    for _ in range(2):
+        response = post_form(admin_client, url, {"amount": "500", "request_key": keys[0]})
+        assert response.status_code == 303
+    assert state(app, tx_id) == ("partially_refunded", 500, [(500, "succeeded")])
+    response = post_form(admin_client, url, {"amount": "600", "request_key": keys[0]})
+    assert response.status_code == 409 and "already used for another refund" in response.get_data(as_text=True)
+    assert len(refund_calls(gateway)) == 1
+
+
+def refund_key(app, tx_id: str) -> str:
+    """The one refund's id, the Idempotency-Key its gateway calls carry."""
+    with app.app_context():
+        return db.session.scalar(select(Refund.id).where(Refund.transaction_id == tx_id))
+
+
+def test_reloading_an_unanswered_refund_does_not_send_another(app, admin_client, client, gateway):
+    """The answer to an unanswered refund is rendered at the form's address; reloading it sends
+    the form again, which must not become a second refund under a new key."""
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=503)
+    form = {"amount": "500", "request_key": "form-key-2"}
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", form).status_code == 502
+    gateway.replace(responses.POST, REFUNDS_URL, json={"refund_id": "re_2", "status": "succeeded"})
+    again = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", form)
+    assert again.status_code == 409 and "is waiting for the gateway" in again.get_data(as_text=True)
+    assert state(app, tx_id) == ("success", 500, [(500, "requested")])
+    assert {c["key"] for c in refund_calls(gateway)} == {refund_key(app, tx_id)}  # the first refund's retries only
 
 
 def cut_off_refund(app, tx_id: str, amount: int, age_seconds: float) -> str:

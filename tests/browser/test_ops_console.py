@@ -1,0 +1,117 @@
+"""Ops staff in Chromium against the live app and the sandbox: forms sent once, pages that
+reload as pages, focus kept through live refreshes, and a session that ends says so."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from app.auth import accounts, sessions
+from app.extensions import db
+from app.models import Refund, User
+from app.services import refunds
+from tests.browser.test_checkout_flow import SUCCESS_CARD, checkout, pay_with, screen
+
+pytestmark = pytest.mark.browser
+
+ADMIN, PASSWORD = "ops-browser@example.test", "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def admin(live):
+    with live.app.app_context():
+        accounts.create_user(ADMIN, PASSWORD, "admin")
+    return ADMIN
+
+
+def paid_transaction(shop_context) -> str:
+    page = shop_context.new_page()
+    gateway_tab, tx_id = checkout(page, shop_context)
+    pay_with(gateway_tab, SUCCESS_CARD)
+    screen(page, "success").wait_for(state="visible")
+    page.close()
+    return tx_id
+
+
+def detail_page(chromium, live, admin, tx_id):
+    """A fresh staff browser, logged in, on the transaction's page."""
+    context = chromium.new_context(base_url=live.url)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto("/ops/login")
+    page.get_by_label("Email").fill(admin)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/ops/"))
+    page.goto(f"/ops/transactions/{tx_id}")
+    page.locator("#live-indicator[data-live=on]").wait_for()
+    return page
+
+
+def refund_rows(live, tx_id):
+    with live.app.app_context():
+        return [(r.amount, r.status) for r in db.session.scalars(select(Refund).where(Refund.transaction_id == tx_id))]
+
+
+def test_a_refund_clicked_twice_is_sent_once(live, chromium, shop_context, admin):
+    tx_id = paid_transaction(shop_context)
+    page = detail_page(chromium, live, admin, tx_id)
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and "/ops/" in r.url else None)
+    live.admin("POST", "/faults", json={"scope": "global", "latency_ms": 3000})  # the first click is still out
+    try:
+        page.get_by_label(re.compile("^Amount to refund")).fill("500")
+        # Two clicks 300 ms apart, the second while the first is at the gateway. Clicked from the
+        # page itself: Playwright's own clicks would wait for the first navigation to finish.
+        page.get_by_role("button", name="Refund", exact=True).evaluate(
+            "button => { button.click(); setTimeout(() => button.click(), 300); }")
+        page.get_by_text("Refunded 5.00 USD.").wait_for()
+    finally:
+        live.admin("POST", "/faults", json={"scope": "global", "latency_ms": 0})
+    assert posts == [f"{live.url}/ops/transactions/{tx_id}/refund"]
+    assert refund_rows(live, tx_id) == [(500, "succeeded")]
+    page.context.close()
+
+
+def test_a_refused_action_reloads_as_the_transaction_page(live, chromium, shop_context, admin):
+    tx_id = paid_transaction(shop_context)
+    page = detail_page(chromium, live, admin, tx_id)
+    page.get_by_label(re.compile("^Amount to refund")).fill("999999")
+    page.get_by_role("button", name="Refund", exact=True).click()
+    page.get_by_role("alert").filter(has_text="remain to be refunded").wait_for()
+    assert page.url == f"{live.url}/ops/transactions/{tx_id}"  # not the form's POST-only address
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and "/ops/" in r.url else None)
+    page.reload()
+    assert page.locator("h1").inner_text().startswith("Transaction") and posts == []
+    page.locator("#live-indicator[data-live=on]").wait_for()
+    with live.app.app_context():  # another admin refunds: this page's live refresh shows it
+        refunds.refund(tx_id, 700, "other@example.test")
+    page.locator("#txn-refunds").get_by_text("7.00 USD").wait_for()
+    page.context.close()
+
+
+def test_focus_stays_on_its_control_when_the_page_refreshes(live, chromium, shop_context, admin):
+    tx_id = paid_transaction(shop_context)
+    page = detail_page(chromium, live, admin, tx_id)
+    recheck = page.get_by_role("button", name="Re-check with the gateway now")
+    recheck.focus()
+    with live.app.app_context():
+        refunds.refund(tx_id, 300, "other@example.test")
+    page.locator("#txn-refunds").get_by_text("3.00 USD").wait_for()
+    assert page.evaluate("document.activeElement.textContent") == "Re-check with the gateway now"
+    assert page.evaluate("document.body.contains(document.activeElement) && document.activeElement !== document.body")
+    page.context.close()
+
+
+def test_an_ended_session_says_so_on_the_open_page(live, chromium, shop_context, admin):
+    tx_id = paid_transaction(shop_context)
+    page = detail_page(chromium, live, admin, tx_id)
+    with live.app.app_context():
+        sessions.end_user_sessions(db.session.scalar(select(User.id).where(User.email == admin)), "test")
+    indicator = page.locator("#live-indicator")
+    indicator.filter(has_text="Your session has ended; log in again.").wait_for()
+    assert indicator.get_attribute("data-live") == "off"
+    page.context.close()
