@@ -131,7 +131,19 @@ def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:
         raise ServiceError(404, "refund_not_found", "No refund has that id.")
     if record.status != "requested":
         raise ServiceError(409, "refund_settled", f"This refund is already {record.status}.")
-    record.retried_at = utcnow()  # in flight again: not "cut off" for another gateway budget
+    # One send at a time: two sends of one refund could answer each other ("in progress",
+    # "nothing left") and a refusal must never release a refund the other send made.
+    claimed = not _in_flight(record, current_app.config["GATEWAY_TOTAL_BUDGET"]) and db.session.execute(
+        update(Refund).where(Refund.id == record.id, Refund.status == "requested",
+                             Refund.retried_at.is_(None) if record.retried_at is None
+                             else Refund.retried_at == record.retried_at)
+        .values(retried_at=utcnow(), flagged_at=None)  # in flight again, for another gateway budget
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    if not claimed:
+        db.session.rollback()
+        raise ServiceError(409, "refund_in_flight", "This refund is being sent to the gateway right now; "
+                           "its answer will show on this page.")
     timeline.record(record.transaction_id, "ops", "ops", f"refund {record.id} retried by {actor}",
                     outcome="requested", detail={"refund_id": record.id, "amount": record.amount}, actor=actor)
     db.session.commit()
@@ -144,9 +156,14 @@ def _send(refund_id: str, actor: str) -> Refund:
     try:
         result = get_gateway().refund(tx_id, amount, idempotency_key=record.id)
     except GatewayRejected as exc:
-        _release(record, actor, f"the gateway refused it: {exc}")
-        raise ServiceError(502, "refund_refused", f"The gateway refused the refund ({exc.status_code}); "
-                           "nothing was refunded.") from None
+        if exc.status_code != 409:  # 409: busy with this key, or in conflict with it: not an answer
+            _release(record, actor, f"the gateway refused it: {exc}")
+            raise ServiceError(502, "refund_refused", f"The gateway refused the refund ({exc.status_code}); "
+                               "nothing was refunded.") from None
+        db.session.rollback()
+        _flag_unanswered(record, f"the gateway did not give its outcome ({exc})", actor)
+        raise ServiceError(502, "gateway_unavailable", "The gateway did not say what became of the refund. "
+                           "The amount stays reserved; retry the refund from this page.") from None
     except GatewayError as exc:
         db.session.rollback()
         _flag_unanswered(record, f"the gateway did not answer ({exc})", actor)
@@ -159,6 +176,8 @@ def _send(refund_id: str, actor: str) -> Refund:
         timeline.record(tx_id, "ops", "ops", f"refund of {money_text(amount, currency)} succeeded "
                         f"(gateway refund {result.refund_id})", outcome="ok",
                         detail={"refund_id": record.id, "gateway_refund_id": result.refund_id}, actor=actor)
+    else:
+        _correct_released(record.id, result.refund_id, actor)
     db.session.commit()
     log.info("txn=%s refund %s succeeded at the gateway as %s", tx_id, record.id, result.refund_id)
     _settle_status(tx_id, actor)
@@ -168,10 +187,42 @@ def _send(refund_id: str, actor: str) -> Refund:
 def _leave_requested(refund_id: str, status: str, **values) -> bool:
     """Move a refund out of ``requested`` (compare-and-set, in the caller's database
     transaction); True for the one caller that did. Only that caller may release or count it."""
+    return _move_refund(refund_id, "requested", status, **values)
+
+
+def _move_refund(refund_id: str, from_status: str, to_status: str, **values) -> bool:
+    """A refund's status move as a compare-and-set, in the caller's database transaction."""
     return db.session.execute(
-        update(Refund).where(Refund.id == refund_id, Refund.status == "requested").values(status=status, **values)
+        update(Refund).where(Refund.id == refund_id, Refund.status == from_status).values(status=to_status, **values)
         .execution_options(synchronize_session=False)
     ).rowcount == 1
+
+
+def _correct_released(refund_id: str, gateway_refund_id: str, actor: str) -> None:
+    """The gateway confirms a refund this app had already recorded as failed (and released):
+    the money moved, so the books follow it, the amount is counted again and ops are told."""
+    corrected = _leave_failed(refund_id, gateway_refund_id)
+    if corrected is None:
+        return  # already recorded as succeeded: the same answer, twice
+    db.session.execute(
+        update(Transaction).where(Transaction.id == corrected.transaction_id)
+        .values(refunded_amount=Transaction.refunded_amount + corrected.amount)
+        .execution_options(synchronize_session=False)
+    )
+    flag_for_review(corrected.transaction_id, "refund_recorded_failed_but_made")
+    timeline.record(corrected.transaction_id, "ops", "ops",
+                    f"refund {refund_id} of {money_text(corrected.amount, corrected.currency)} was recorded as "
+                    f"failed, but the gateway confirms it (gateway refund {gateway_refund_id}): counted as made",
+                    outcome="flagged", detail={"refund_id": refund_id, "gateway_refund_id": gateway_refund_id},
+                    actor=actor)
+    log.warning("txn=%s refund %s recorded failed but confirmed by the gateway: corrected",
+                corrected.transaction_id, refund_id)
+
+
+def _leave_failed(refund_id: str, gateway_refund_id: str) -> Refund | None:
+    """Move a ``failed`` refund to ``succeeded``; the refund when this caller did."""
+    moved = _move_refund(refund_id, "failed", "succeeded", gateway_refund_id=gateway_refund_id)
+    return db.session.get(Refund, refund_id, populate_existing=True) if moved else None
 
 
 def _flag_unanswered(record, why: str, actor: str | None, *, swept: bool = False) -> bool:

@@ -399,3 +399,70 @@ def test_a_refund_being_retried_is_not_swept_as_cut_off(app, admin_client, clien
     with app.app_context():
         assert db.session.get(Transaction, tx_id).needs_review is False
     assert unanswered_lines(app, tx_id) == []
+
+
+def test_two_retries_at_once_send_the_refund_once(app, admin_client, client, gateway):
+    """Two admins press Retry together: one send, one "in flight" answer, never a second send
+    whose refusal could release the refund the first made."""
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=503)
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "1999"}).status_code == 502
+    stuck = refund_key(app, tx_id)
+    gateway.remove(responses.POST, REFUNDS_URL)
+    gateway_refunds(gateway, delay=0.3)  # the gateway is back, and slow: both presses land in one send
+    before = len(refund_calls(gateway))
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def press_retry():
+        with app.app_context():
+            barrier.wait()
+            try:
+                outcomes.append(refunds.retry_refund(tx_id, stuck, ADMIN).status)
+            except ServiceError as exc:
+                outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=press_retry) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["refund_in_flight", "succeeded"]
+    assert len(refund_calls(gateway)) == before + 1
+    assert state(app, tx_id) == ("refunded", 1999, [(1999, "succeeded")])
+
+
+def test_a_refund_still_being_sent_cannot_be_retried(app, admin_client, client, gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    sending = cut_off_refund(app, tx_id, 500, age_seconds=1)  # sent a second ago, no answer yet
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{sending}/retry")
+    assert response.status_code == 409 and "being sent to the gateway right now" in response.get_data(as_text=True)
+    assert refund_calls(gateway) == []
+    assert state(app, tx_id) == ("success", 500, [(500, "requested")])
+
+
+def test_a_gateway_409_on_a_refund_keeps_it_held_and_flagged(app, admin_client, client, gateway):
+    """A 409 says the gateway is busy with this key (or in conflict with it), not that nothing moved."""
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=409, json={"error": "idempotency_key_in_use"})
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
+    assert response.status_code == 502 and "did not say what became of the refund" in response.get_data(as_text=True)
+    assert state(app, tx_id) == ("success", 700, [(700, "requested")])
+    with app.app_context():
+        assert db.session.get(Transaction, tx_id).review_reason == "refund_outcome_unknown"
+
+
+def test_a_refund_recorded_failed_that_the_gateway_confirms_is_counted(app, client, gateway):
+    """Should a refund ever be released while the gateway made it, its confirmation corrects the books."""
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway_refunds(gateway)
+    with app.app_context():
+        record = Refund(transaction_id=tx_id, amount=600, currency="USD", status="failed", actor=ADMIN)
+        db.session.add(record)
+        db.session.commit()
+        refunds._send(record.id, ADMIN)
+    assert state(app, tx_id) == ("partially_refunded", 600, [(600, "succeeded")])
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        assert tx.needs_review and tx.review_reason == "refund_recorded_failed_but_made"
+        assert any("was recorded as failed, but the gateway confirms it" in e.summary for e in tx.events)

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.sandbox import refunds as sandbox_refunds
+
 from .support import AUTH, PUBLIC_URL, session_body
 
 ENDPOINTS = [
@@ -216,6 +218,23 @@ def test_refund_with_the_same_idempotency_key_is_not_repeated(paid):
     assert refund(paid.client, 100, key="r1").get_json() == first
     assert paid.client.get("/status/tx_1", headers=AUTH).get_json()["refunded_amount"] == 100
     assert refund(paid.client, 200, key="r1").status_code == 422
+
+
+def test_the_same_key_sent_again_while_the_first_takes_the_amount_gets_that_refund(paid, monkeypatch):
+    """The second copy looks for its key before the first copy commits, then finds nothing left
+    to refund: it must answer with the first copy's refund, not 422."""
+    first = refund(paid.client, 1000, key="r1").get_json()
+    real_replay = sandbox_refunds._replay
+    looks = []
+
+    def not_yet_committed(db, key, fingerprint):
+        looks.append(key)
+        return None if len(looks) == 1 else real_replay(db, key, fingerprint)
+
+    monkeypatch.setattr(sandbox_refunds, "_replay", not_yet_committed)
+    again = refund(paid.client, 1000, key="r1")
+    assert again.status_code == 200 and again.get_json() == first and len(looks) == 2
+    assert paid.client.get("/status/tx_1", headers=AUTH).get_json()["refunded_amount"] == 1000
 
 
 def test_unknown_path_and_wrong_method_answer_json(client):
