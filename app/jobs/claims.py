@@ -80,11 +80,13 @@ def _pending() -> ColumnElement[bool]:
 
 
 def due_for_check(now: datetime, check_cutoff: datetime, expire_cutoff: datetime) -> list[ColumnElement[bool]]:
-    """Pending, older than the check window, not yet overdue for expiry, and not backing off."""
+    """Pending, older than the check window, not backing off, and not yet overdue for expiry
+    unless flagged: a flagged row is never expired here (``due_for_expiry``), so it is asked
+    about for as long as it stays pending, and what the gateway says of it is applied."""
     return [
         _pending(),
         Transaction.created_at <= check_cutoff,
-        Transaction.created_at > expire_cutoff,
+        or_(Transaction.created_at > expire_cutoff, Transaction.needs_review.is_(True)),
         or_(Transaction.next_check_at.is_(None), Transaction.next_check_at <= now),
     ]
 

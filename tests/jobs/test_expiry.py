@@ -105,16 +105,27 @@ def test_a_gateway_error_leaves_it_pending_for_the_next_pass(app, client, gatewa
     assert row(app, tx_id).status == "expired"
 
 
-def test_a_transaction_flagged_for_review_is_left_to_ops(app, client, gateway):
+def test_a_flagged_transaction_is_not_expired_but_still_asked_about(app, client, gateway):
+    """Flagged rows are never expired by the pass (ops decide), but they are not forgotten:
+    the pass asks the gateway, and a real payment with the right money is applied."""
     _, tx_id = pending_payment(app, client, gateway, EXPIRES_AFTER + 60)
     with app.app_context():
         db.session.execute(update(Transaction).where(Transaction.id == tx_id)
                            .values(needs_review=True, review_reason="amount_mismatch"))
         db.session.commit()
     answer_expire(gateway, tx_id, 409)
-    assert reconcile(app).due == 0
-    assert row(app, tx_id).status == "pending"
-    assert fulfillment_probe.calls == []
+    answer_status(gateway, tx_id, "pending")
+    assert reconcile(app).due == 1
+    assert (expire_calls(gateway, tx_id), status_calls(gateway, tx_id)) == (0, 1)
+    assert row(app, tx_id).status == "pending" and fulfillment_probe.calls == []
+    with app.app_context():  # the next check is due (backoff over)
+        db.session.execute(update(Transaction).where(Transaction.id == tx_id).values(next_check_at=None))
+        db.session.commit()
+    gateway.remove(responses.GET, f"{GATEWAY}/status/{tx_id}")
+    answer_status(gateway, tx_id, "success")
+    reconcile(app)
+    assert expire_calls(gateway, tx_id) == 0
+    assert row(app, tx_id).status == "success" and len(fulfillment_probe.calls) == 1
 
 
 def test_one_failing_transaction_does_not_stop_the_others(app, client, gateway):
