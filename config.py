@@ -128,6 +128,9 @@ class Config:
     OPS_SESSION_IDLE_MINUTES = _int("OPS_SESSION_IDLE_MINUTES", 120)
     OPS_SESSION_MAX_HOURS = _int("OPS_SESSION_MAX_HOURS", 12)
     IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+    # A copy of a request sent while the first is still being answered waits this long for the
+    # first's answer (the gateway's whole budget and then some) before 409 in progress.
+    IDEMPOTENCY_WAIT_SECONDS = GATEWAY_TOTAL_BUDGET + 10
     WEBHOOK_REJECTION_RETENTION_DAYS = _int("WEBHOOK_REJECTION_RETENTION_DAYS", 30)
     LOG_LEVEL = _env("LOG_LEVEL", "INFO")
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
 from app.models import IdempotencyRecord
 from app.models.clock import utcnow
 from app.services.errors import ServiceError
+from app.services.waiting import wait_for
+
+log = logging.getLogger(__name__)
 
 # A first request that has not answered within this long is taken to have died.
 ABANDONED_AFTER = timedelta(seconds=60)
@@ -49,50 +54,79 @@ def refuse_if_taken(key: str | None) -> None:
         raise _reused()
 
 
-def begin(key: str, scope: str, print_: str) -> IdempotencyRecord | None:
+@dataclass(frozen=True)
+class Claim:
+    """This request's hold on a key: only the holder stores the key's answer."""
+
+    key: str
+    claimed_at: datetime
+
+
+def begin(key: str, scope: str, print_: str) -> IdempotencyRecord | Claim:
     """Claim ``key`` for a new request, or return the stored answer to replay.
 
-    Raises 422 idempotency_key_reused when the key came with another body, and 409
-    idempotency_request_in_progress while the first request is still being answered.
+    A copy that arrives while the first request is still being answered waits for its answer
+    (up to IDEMPOTENCY_WAIT_SECONDS, beyond the gateway's whole budget) and replays it, so
+    every copy gets the same status and JSON. Raises 422 idempotency_key_reused when the key
+    came with another body, and 409 idempotency_request_in_progress only when the wait ends
+    without an answer.
     """
     if not key or len(key) > MAX_KEY_LENGTH:
         raise ServiceError(400, "invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
-    for _ in range(2):
+
+    def read() -> IdempotencyRecord | None:
+        return db.session.get(IdempotencyRecord, key, populate_existing=True)
+
+    def answered_or_free(record: IdempotencyRecord | None) -> bool:
+        return record is None or record.status_code is not None or _stale(record, utcnow())
+
+    for _ in range(3):
+        record = wait_for(read, answered_or_free, current_app.config["IDEMPOTENCY_WAIT_SECONDS"])
         now = utcnow()
-        record = db.session.get(IdempotencyRecord, key, populate_existing=True)
-        expired = record is not None and _expired(record, now)
-        abandoned = record is not None and record.status_code is None and record.created_at < now - ABANDONED_AFTER
-        if record is not None and not expired and not abandoned:
+        if record is not None and not _stale(record, now):
             if record.scope != scope or record.fingerprint != print_:
                 raise _reused()
             if record.status_code is None:
                 raise _in_progress()
             db.session.rollback()
             return record
-        if record is not None:
-            db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.key == key))
+        if record is not None:  # expired, or its first request died: take it over, unless someone just did
+            db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.key == key,
+                                                               IdempotencyRecord.created_at == record.created_at))
         db.session.add(IdempotencyRecord(key=key, scope=scope, fingerprint=print_, created_at=now))
         try:
             db.session.commit()
-            return None
+            return Claim(key, now)
         except IntegrityError:
-            db.session.rollback()  # a concurrent request claimed it first: read its record
+            db.session.rollback()  # a concurrent request claimed it first: wait for its answer
     raise _in_progress()
 
 
-def finish(key: str, status_code: int, response: dict) -> None:
-    """Store the answer given to the request that claimed ``key``."""
-    record = db.session.get(IdempotencyRecord, key)
-    if record is not None:
-        record.status_code = status_code
-        record.response = response
-        db.session.commit()
+def _stale(record: IdempotencyRecord, now) -> bool:
+    """Past the replay window, or claimed by a request that never answered."""
+    return _expired(record, now) or (record.status_code is None and record.created_at < now - ABANDONED_AFTER)
 
 
-def release(key: str) -> None:
+def finish(claim: Claim, status_code: int, response: dict) -> None:
+    """Store the answer given to the request holding ``claim``; a claim taken over since (its
+    request outlived ABANDONED_AFTER) stores nothing, so the key's answer never changes."""
+    stored = db.session.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.key == claim.key, IdempotencyRecord.created_at == claim.claimed_at,
+               IdempotencyRecord.status_code.is_(None))
+        .values(status_code=status_code, response=response)
+    ).rowcount
+    db.session.commit()
+    if stored != 1:
+        log.warning("idempotency key claim from %s was taken over before it answered", claim.claimed_at)
+
+
+def release(claim: Claim) -> None:
     """Forget a claim whose request failed unexpectedly, so a retry can run."""
     db.session.rollback()
     db.session.execute(
-        delete(IdempotencyRecord).where(IdempotencyRecord.key == key, IdempotencyRecord.status_code.is_(None))
+        delete(IdempotencyRecord).where(IdempotencyRecord.key == claim.key,
+                                        IdempotencyRecord.created_at == claim.claimed_at,
+                                        IdempotencyRecord.status_code.is_(None))
     )
     db.session.commit()

@@ -196,15 +196,15 @@ def initiate_payment(order_id: str, amount: int | None, idempotency_key: str | N
     """
     if idempotency_key is None:
         return _answer(order_id, amount, None)
-    stored = idempotency.begin(idempotency_key, "initiate-payment", idempotency.fingerprint(request_body))
-    if stored is not None:
-        return stored.status_code, stored.response
+    held = idempotency.begin(idempotency_key, "initiate-payment", idempotency.fingerprint(request_body))
+    if not isinstance(held, idempotency.Claim):
+        return held.status_code, held.response  # the stored answer, replayed
     try:
         status, body = _answer(order_id, amount, idempotency_key)
     except Exception:
-        idempotency.release(idempotency_key)
+        idempotency.release(held)
         raise
-    idempotency.finish(idempotency_key, status, body)
+    idempotency.finish(held, status, body)
     return status, body
 
 
