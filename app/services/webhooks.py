@@ -58,13 +58,25 @@ def _payload_summary(event: VerifiedEvent) -> dict:
     }
 
 
-def receive(headers, body: bytes, remote_addr: str | None = None) -> WebhookOutcome:
-    """Handle one delivery. Verification happens on the raw body before any database work."""
-    gateway = get_gateway()
+def verify(headers, body: bytes) -> VerifiedEvent | WebhookRejected:
+    """The delivery's event if its signature and body check out, else why not (the raw body)."""
     try:
-        event = gateway.verify_webhook(headers, body)
+        return get_gateway().verify_webhook(headers, body)
     except WebhookRejected as exc:
-        return _reject(exc, body, remote_addr)
+        return exc
+
+
+def is_signed(verified: VerifiedEvent | WebhookRejected) -> bool:
+    return isinstance(verified, VerifiedEvent)
+
+
+def receive(verified: VerifiedEvent | WebhookRejected, body: bytes, remote_addr: str | None = None
+            ) -> WebhookOutcome:
+    """Handle one delivery, verified by ``verify`` before any database work."""
+    gateway = get_gateway()
+    if not is_signed(verified):
+        return _reject(verified, body, remote_addr)
+    event = verified
 
     summary = _payload_summary(event)
 
