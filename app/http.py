@@ -11,10 +11,10 @@ import logging
 import secrets
 from typing import TypeVar
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from app.bounded_json import MAX_DEPTH
 from app.services.errors import ServiceError
@@ -66,10 +66,21 @@ def _has_nul(value: object) -> bool:
     return False
 
 
+def raw_body() -> bytes:
+    """The request body, whole. A body sent without Content-Length (chunked) is cut at the size
+    limit as it is read; one that reaches the limit is answered 413, like a declared one."""
+    data = request.get_data()
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit and len(data) >= limit:
+        raise RequestEntityTooLarge()
+    return data
+
+
 def json_body(model: type[Model]) -> Model:
-    """Parse the request body as JSON into ``model`` (415, 400, 422 as appropriate)."""
+    """Parse the request body as JSON into ``model`` (415, 413, 400, 422 as appropriate)."""
     if not request.is_json:
         raise ServiceError(415, "unsupported_media_type", "Send the body as application/json.")
+    raw_body()  # read whole (and kept for get_json) or refused as too large
     try:
         data = request.get_json()  # the app's BoundedJSONProvider: too deep is not valid either
     except BadRequest:  # Flask's answer to a body that does not parse (a literal null does)

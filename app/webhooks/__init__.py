@@ -3,7 +3,7 @@
 from flask import Blueprint, current_app, g, jsonify, request
 
 from app.extensions import csrf, limiter
-from app.http import error_response
+from app.http import error_response, raw_body
 from app.services import webhooks
 
 bp = Blueprint("webhooks", __name__)
@@ -12,7 +12,7 @@ bp = Blueprint("webhooks", __name__)
 def _verified():
     """Verify the delivery once, before the rate limit: a signed delivery is never limited."""
     if "webhook_verified" not in g:
-        g.webhook_verified = webhooks.verify(request.headers, request.get_data())
+        g.webhook_verified = webhooks.verify(request.headers, raw_body())
     return g.webhook_verified
 
 
@@ -26,7 +26,7 @@ def _verified():
                deduct_when=lambda response: response.status_code == 400)
 def payment_callback():
     # The raw bytes, exactly as signed: nothing parses the body before verification.
-    outcome = webhooks.receive(_verified(), request.get_data(), request.remote_addr)
+    outcome = webhooks.receive(_verified(), raw_body(), request.remote_addr)
     if not outcome.accepted:
         return error_response(400, "invalid_webhook", outcome.message, {"reason": outcome.outcome})
     return jsonify({"received": True, "outcome": outcome.outcome}), 200

@@ -1,5 +1,8 @@
 """Every error is JSON on the JSON routes, HTML elsewhere; never a stack trace."""
 
+import io
+import json
+
 import pytest
 
 from tests.ops.conftest import csrf_token
@@ -77,6 +80,25 @@ def test_oversized_body_is_413(client):
     response = client.post("/initiate-payment", data="x" * (65 * 1024), content_type="application/json")
     assert response.status_code == 413
     assert response.get_json()["error"] == "payload_too_large"
+
+
+def _chunked(client, path: str, body: bytes):
+    """POST ``body`` without Content-Length, as a chunked request reaches the app under gunicorn."""
+    return client.post(path, input_stream=io.BytesIO(body), content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}, environ_base={"wsgi.input_terminated": True})
+
+
+@pytest.mark.parametrize("path", ["/api/orders", "/initiate-payment", "/payment-callback"])
+def test_an_oversized_chunked_body_is_413_too(client, path):
+    """Valid JSON, 200 KB, sent without Content-Length: refused as too large, not as malformed."""
+    body = json.dumps({"items": [{"sku": "TEE-BLACK", "quantity": 1}] * 6000, "order_id": "x"}).encode()
+    response = _chunked(client, path, body)
+    assert response.status_code == 413 and response.get_json()["error"] == "payload_too_large"
+
+
+def test_a_small_chunked_body_is_read_whole(client):
+    response = _chunked(client, "/api/orders", b'{"items": [{"sku": "TEE-BLACK", "quantity": 2}]}')
+    assert response.status_code == 201 and response.get_json()["total"] == 3998
 
 
 def test_unexpected_fault_is_500_json_without_a_trace(app, client, monkeypatch, caplog):
