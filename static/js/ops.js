@@ -154,7 +154,9 @@
     poll();
     return;
   }
-  var socket = window.io();
+  // WebSocket only (see payment.js); where it cannot connect, the page polls instead.
+  var socket = window.io({ transports: ["websocket"] });
+  var failures = 0;
   socket.on("connect", function () { socket.emit("ops_join"); });
   socket.on("ops_joined", function () { setIndicator("on", "Live updates: on"); });
   socket.on("ops_error", sessionEnded);
@@ -163,6 +165,10 @@
     if (reason === "io server disconnect") { sessionEnded(); return; }
     if (!ended) setIndicator("off", "Live updates: reconnecting…");
   });
-  socket.on("connect_error", function () { if (!ended) setIndicator("off", "Live updates: reconnecting…"); });
+  socket.on("connect_error", function () {
+    failures += 1;
+    if (failures === 3 && !ended) { socket.disconnect(); poll(); return; }  // give up: poll instead
+    if (!ended) setIndicator("off", "Live updates: reconnecting…");
+  });
   socket.on("transaction_updated", onUpdate);
 })();

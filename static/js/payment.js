@@ -133,7 +133,10 @@
   // ---- live updates ------------------------------------------------------------------
   function connect() {
     if (typeof window.io !== "function") { startPolling(); return; }
-    socket = window.io({ reconnectionDelayMax: 10000, timeout: 8000 });
+    // WebSocket only: with several server processes behind one port (REDIS_URL), long-polling
+    // requests would land on processes that do not know the session. Where WebSockets are
+    // blocked, the 5-second polling below takes over.
+    socket = window.io({ transports: ["websocket"], reconnectionDelayMax: 10000, timeout: 8000 });
     socket.on("connect", function () { socket.emit("join", { transaction_id: txId }); });
     socket.on("payment_status_update", function (message) {
       if (!message || message.transaction_id !== txId) { return; }

@@ -64,6 +64,9 @@ def test_success_card_shows_success_without_reload(live, shop_context, screensho
     page = shop_context.new_page()
     polls = []
     page.on("request", lambda r: polls.append(r.url) if "/check-payment-status/" in r.url else None)
+    # Socket.IO's long-polling would break with several workers on one port (REDIS_URL): none.
+    long_polls = []
+    page.on("request", lambda r: long_polls.append(r.url) if "transport=polling" in r.url else None)
     gateway_tab, tx_id = checkout(page, shop_context, [("TEE-BLACK", 2), ("MUG-ENAMEL", 1)])
     mark_document(page)
     screenshot(page, "payment-pending")
@@ -76,6 +79,7 @@ def test_success_card_shows_success_without_reload(live, shop_context, screensho
     assert page.locator("#payment-status").inner_text() == "Payment received. Thank you!"
     assert page.evaluate("document.activeElement.textContent") == "Payment received"
     assert not page.locator("#connection-note").is_visible() and polls == []  # it was the socket
+    assert long_polls == []
     assert page.locator("#access-code").inner_text()
     # The order is fulfilled when its handler returns, a moment after the success is pushed.
     order_url = f"{live.url}/api/orders/{page.locator('#order-number').inner_text()}"
@@ -189,6 +193,7 @@ def test_late_webhook_turns_the_page_within_a_second_of_delivery(live, shop_cont
 def test_socket_blocked_polling_still_reaches_success(live, shop_context, screenshot):
     page = shop_context.new_page()
     page.route(re.compile(r".*/socket\.io/.*"), lambda route: route.abort())
+    page.route_web_socket(re.compile(r".*/socket\.io/.*"), lambda ws: ws.close())
     polls = []
     page.on("request", lambda r: polls.append(r.url) if "/check-payment-status/" in r.url else None)
     gateway_tab, tx_id = checkout(page, shop_context)

@@ -184,3 +184,42 @@ def test_logging_out_on_b_disconnects_the_sessions_ops_socket_on_a(database_url)
         assert gone.wait(10), "logging out on B left the session's ops socket on A connected"
         replay = requests.get(f"{a_url}/ops/transactions", cookies={"session": cookie}, allow_redirects=False)
         assert replay.status_code == 302 and "/ops/login" in replay.headers["Location"]
+
+
+def test_pages_on_one_port_with_several_workers_all_hear_the_result(database_url):
+    """With REDIS_URL, gunicorn runs several workers on one port and no load balancer keeps a
+    browser on one of them: the pages' WebSocket-only clients must each reach one worker and
+    still hear a change made by any other."""
+    gateway = StubGateway()
+    env = {"DATABASE_URL": database_url, "REDIS_URL": TEST_REDIS_URL, "PAYMENT_GATEWAY_URL": gateway.url,
+           "PAYMENT_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET, "SOCKETIO_CHANNEL": f"test-{uuid.uuid4().hex[:8]}"}
+    with gunicorn("wsgi:app", env, workers=3) as url:
+        order = requests.post(f"{url}/api/orders", json={"items": [{"sku": "TEE-BLACK", "quantity": 1}]}).json()
+        tx_id = requests.post(f"{url}/initiate-payment", json={"order_id": order["order_id"]}).json()[
+            "transaction_id"]
+        heard: list[list[str]] = []
+        clients = []
+        for _ in range(8):
+            statuses_heard: list[str] = []
+            heard.append(statuses_heard)
+            client = socketio.Client(reconnection=False)
+            client.on("payment_status_update", lambda data, into=statuses_heard: into.append(data["status"]))
+            client.connect(url, transports=["websocket"], wait_timeout=10)  # as payment.js connects
+            client.emit("join", {"transaction_id": tx_id})
+            clients.append(client)
+        deadline = time.monotonic() + 10
+        while any(not h for h in heard) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(h == ["pending"] for h in heard), heard
+        body = json.dumps({"type": "payment.status_changed", "timestamp": "2026-01-01T00:00:00Z", "data": {
+            "transaction_id": tx_id, "session_id": "cs", "status": "success", "amount": 1999,
+            "currency": "USD"}}).encode()
+        headers = {**sign(DEV_WEBHOOK_SECRET, f"msg_{uuid.uuid4().hex}", body).as_dict(),
+                   "Content-Type": "application/json"}
+        assert requests.post(f"{url}/payment-callback", data=body, headers=headers).status_code == 200
+        deadline = time.monotonic() + 10
+        while any(h[-1] != "success" for h in heard) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for client in clients:
+            client.disconnect()
+    assert all(h == ["pending", "success"] for h in heard), heard
