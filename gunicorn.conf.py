@@ -9,8 +9,11 @@ Workers: one unless REDIS_URL is set, because Socket.IO rooms live in process me
 only the Redis message queue lets several processes share them.
 """
 
+import json
 import multiprocessing
 import os
+
+import gunicorn.util
 
 os.environ.setdefault("CHECKOUT_GEVENT", "1")
 os.environ.setdefault("SOCKETIO_ASYNC_MODE", "gevent")
@@ -29,3 +32,21 @@ control_socket_disable = True  # several instances on one machine must not share
 accesslog = "-"
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+# A request gunicorn cannot parse (bad header bytes, a request line or headers too long, a
+# malformed Content-Length) is answered by gunicorn itself, before the app: in the contract's
+# JSON error shape instead of gunicorn's HTML page. Nothing of the request is echoed.
+_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
+          431: "headers_too_large", 501: "not_implemented"}
+
+
+def _json_error(sock, status_int, reason, _detail):
+    body = json.dumps({"error": _CODES.get(status_int, "internal_error"),
+                       "message": f"The request could not be read ({reason})."}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    gunicorn.util.write_nonblock(sock, head + body)
+
+
+gunicorn.util.write_error = _json_error

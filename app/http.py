@@ -66,6 +66,18 @@ def _has_nul(value: object) -> bool:
     return False
 
 
+def header_text(name: str) -> str | None:
+    """A header's value as the client wrote it: WSGI hands headers over as Latin-1, so UTF-8
+    text (a key of non-ASCII characters) is decoded back, and counted in characters."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value  # not UTF-8: the bytes as they came
+
+
 def raw_body() -> bytes:
     """The request body, whole. A body sent without Content-Length (chunked) is cut at the size
     limit as it is read; one that reaches the limit is answered 413, like a declared one."""

@@ -3,7 +3,7 @@
 from flask import current_app, jsonify, request
 
 from app.extensions import csrf, limiter
-from app.http import json_body
+from app.http import header_text, json_body
 from app.payments import bp
 from app.payments.schemas import InitiatePaymentRequest
 from app.services import idempotency, payments
@@ -14,7 +14,7 @@ from app.services.errors import ServiceError
 @csrf.exempt  # JSON only (415 otherwise), which a cross-site form cannot send
 @limiter.limit(lambda: current_app.config["RATELIMIT_INITIATE"])
 def initiate_payment():
-    key = request.headers.get("Idempotency-Key")
+    key = header_text("Idempotency-Key")
     try:
         body = json_body(InitiatePaymentRequest)
     except ServiceError:

@@ -122,6 +122,23 @@ def test_idempotency_key_longer_than_255_is_refused(client, gateway):
     assert response.get_json()["error"] == "invalid_idempotency_key"
 
 
+def as_sent_in_utf8(text: str) -> str:
+    """A header value as a server hands UTF-8 bytes to the app (WSGI decodes them as Latin-1)."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+def test_idempotency_key_length_counts_characters_not_bytes(client, gateway):
+    open_sessions(gateway)
+    order = place_order(client)
+    key = as_sent_in_utf8("ü" * 200)  # 200 characters, 400 bytes
+    first = client.post("/initiate-payment", json={"order_id": order["order_id"]}, headers={"Idempotency-Key": key})
+    again = client.post("/initiate-payment", json={"order_id": order["order_id"]}, headers={"Idempotency-Key": key})
+    assert first.status_code == 201 and (again.status_code, again.get_json()) == (201, first.get_json())
+    too_long = client.post("/initiate-payment", json={"order_id": order["order_id"]},
+                           headers={"Idempotency-Key": as_sent_in_utf8("ü" * 256)})
+    assert too_long.status_code == 400 and too_long.get_json()["error"] == "invalid_idempotency_key"
+
+
 def test_gateway_down_gives_502_and_a_failed_transaction(client, gateway):
     gateway.add(responses.POST, f"{GATEWAY}/create-session", body=requests.ConnectionError("refused"))
     order = place_order(client)
