@@ -56,6 +56,10 @@ def init_app(app: Flask) -> None:
         response.headers.setdefault("X-Frame-Options", "DENY")
         if response.mimetype == "text/html":
             response.headers.setdefault("Content-Security-Policy", policy)
+        if request.endpoint != "static":
+            # Pages and answers about payments, orders and access codes are per person and change:
+            # no browser or proxy keeps a copy (a shared machine's Back after logout shows nothing).
+            response.headers.setdefault("Cache-Control", "no-store")
         if https or request.is_secure:
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         return response

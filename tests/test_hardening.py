@@ -20,6 +20,10 @@ def test_security_headers_on_pages_and_json(client):
     assert "Strict-Transport-Security" not in page.headers  # plain http in tests
     api = client.get("/api/products")
     assert api.headers["X-Content-Type-Options"] == "nosniff"
+    # Nothing per person is kept by a browser or proxy; the static files are.
+    assert page.headers["Cache-Control"] == api.headers["Cache-Control"] == "no-store"
+    assert client.get("/ops/login").headers["Cache-Control"] == "no-store"
+    assert "no-store" not in client.get("/static/js/payment.js").headers.get("Cache-Control", "")
 
 
 def _form_action(csp: str) -> list[str]:

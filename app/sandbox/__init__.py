@@ -41,6 +41,13 @@ def _add_latency() -> None:
         time.sleep(faults.latency_ms / 1000)
 
 
+def _no_framing(response):
+    """The hosted card page, like a real gateway's, is never shown inside another site's frame."""
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+    return response
+
+
 def create_sandbox_app(settings: dict | None = None) -> Flask:
     """Build the sandbox gateway app; its runtime is ``app.extensions["sandbox"]``.
 
@@ -58,6 +65,7 @@ def create_sandbox_app(settings: dict | None = None) -> Flask:
     app.extensions["sandbox"] = runtime
     app.add_template_filter(format_minor_units, "money")
     app.before_request(_add_latency)
+    app.after_request(_no_framing)
     app.register_blueprint(api.bp)
     app.register_blueprint(hosted.bp)
     app.register_blueprint(admin.bp)

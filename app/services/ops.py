@@ -196,8 +196,10 @@ def transaction_detail(transaction_id: str) -> TransactionDetail:
         .order_by(WebhookRejection.received_at.desc()).limit(20)
     ))
     refunded = sum(r.amount for r in refunds if r.status == "succeeded")
+    # Only a captured payment can be refunded: a pending or failed one has nothing refundable.
+    refundable = tx.status in (Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value)
     return TransactionDetail(tx, tx.order, events, refunds, webhooks, rejections, refunded,
-                             tx.amount - tx.refunded_amount)
+                             tx.amount - tx.refunded_amount if refundable else 0)
 
 
 def webhook_log(limit: int = 100) -> tuple[list[WebhookEvent], list[WebhookRejection]]:

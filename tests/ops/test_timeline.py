@@ -32,6 +32,7 @@ def test_timeline_after_a_full_payment(admin_client, client, gateway):
     assert len(items) == len(expected), items
     for item, (kind, summary) in zip(items, expected):
         assert kind.lower() in item and summary in item, (item, kind, summary)
+    assert "(pending → success)" not in items[3]  # the move is said once, not twice
     # order, amounts and gateway ids
     assert order["order_id"] in html and "19.99 USD" in html and f"cs_{tx_id}" in html
     assert "fulfilled" in html
@@ -68,3 +69,11 @@ def test_viewer_sees_the_story_but_no_action_forms(viewer_client, client, gatewa
     assert "order fulfilled" in html
     assert "/refund" not in html and "/recheck" not in html
     assert "can view but not act" in html
+
+
+def test_a_pending_payment_has_nothing_refundable(admin_client, client, gateway):
+    order = place_order(client)
+    tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    html = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    remaining = re.search(r'data-field="remaining">([^<]*)<', html).group(1)
+    assert remaining == "0.00 USD" and "Refund part of the payment" not in html

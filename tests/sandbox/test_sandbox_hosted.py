@@ -56,6 +56,12 @@ def test_page_looks_like_a_checkout(shopper, runtime):
     assert re.search(r"<button[^>]*>Cancel</button>", html)
 
 
+def test_the_card_page_cannot_be_framed_by_another_site(shopper):
+    answer = shopper.client.get(f"/pay/{shopper.session_id('tx_1')}")
+    assert answer.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+
+
 def test_default_merchant_name_comes_from_settings(make_app):
     from .support import Shopper
 
