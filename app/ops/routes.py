@@ -158,6 +158,8 @@ def refund(transaction_id: str):
     try:
         done = refunds.refund(transaction_id, form.minor_units, current_user.email, form.request_key.data or None)
     except ServiceError as exc:
+        if exc.code == "refund_exceeds_remaining":  # about the amount typed: tie it to that field
+            form.amount.errors = [*form.amount.errors, exc.message]
         return _refused(transaction_id, exc, refund_form=form)
     return _done(transaction_id, f"Refunded {ops.money_text(done.amount, done.currency)}.")
 

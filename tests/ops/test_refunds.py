@@ -68,7 +68,12 @@ def test_refund_above_what_remains_is_refused(app, admin_client, client, gateway
     gateway_refunds(gateway)
     response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": str(amount)})
     assert response.status_code == 422
-    assert f"At most {total} minor units (19.99 USD) remain" in response.get_data(as_text=True)
+    html = response.get_data(as_text=True)
+    assert f"At most {total} minor units (19.99 USD) remain" in html
+    assert html.count('role="alert"') == 1  # announced once; the field points at it and has the focus
+    field = re.search(r'<input[^>]*id="refund-amount"[^>]*>', html).group(0)
+    assert 'aria-invalid="true"' in field and 'aria-describedby="refund-hint refund-error"' in field
+    assert "autofocus" in field
     assert state(app, tx_id) == ("success", 0, [])
     assert refund_calls(gateway) == []
 

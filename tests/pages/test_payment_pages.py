@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -299,6 +300,7 @@ def test_lookup_refuses_a_wrong_code_and_an_unknown_order_alike(app, client, gat
     for response in (wrong_code, unknown_order):
         html = response.get_data(as_text=True)
         assert pages.LOOKUP_REFUSED in html and "/payment/txn_" not in html
+        assert re.search(r'<input[^>]*id="order_id"[^>]*autofocus', html, re.S)  # focus goes back to the form
 
 
 def test_lookup_of_an_order_without_a_payment(app, client, order_id):
