@@ -12,6 +12,7 @@ retry policy gives up at the same moment, so an abandoned call makes no further 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -273,9 +274,12 @@ class SandboxGateway:
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> VerifiedEvent:
         try:
-            webhook_id, _ = signing.verify(self.webhook_secrets, headers, body)
+            signed_id, _ = signing.verify(self.webhook_secrets, headers, body)
         except signing.SignatureError as exc:
             raise WebhookRejected(exc.reason, exc.message, headers.get("webhook-id")) from None
+        # Standard Webhooks sets no length for the id; one too long to store whole is kept
+        # (and deduplicated) as its digest.
+        webhook_id = signed_id if len(signed_id) <= 255 else "sha256:" + hashlib.sha256(signed_id.encode()).hexdigest()
         try:
             payload = bounded_json.loads(body)
         except ValueError:  # UnicodeDecodeError and too deep nesting included

@@ -233,3 +233,17 @@ def test_webhook_id_with_control_characters_is_rejected(client, pending):
     _, tx_id = pending
     raw, headers = sign(status_event(tx_id, "success", 1999), msg_id="msg_\u0001bad")
     assert client.post("/payment-callback", data=raw, headers=headers).status_code == 400
+
+
+def test_a_webhook_id_longer_than_the_column_is_accepted_and_deduplicated(app, client, pending):
+    """Standard Webhooks sets no length for the id: a long one is kept as its digest."""
+    order, tx_id = pending
+    long_id = "msg_" + "x" * 600
+    first = post_webhook(client, status_event(tx_id, "success", 1999), msg_id=long_id)
+    again = post_webhook(client, status_event(tx_id, "success", 1999), msg_id=long_id)
+    other = post_webhook(client, status_event(tx_id, "success", 1999), msg_id=long_id + "y")
+    assert [r.get_json()["outcome"] for r in (first, again, other)] == ["applied", "duplicate", "noop"]
+    assert status_of(client, tx_id) == "success" and fulfillment_probe.calls == [(order["order_id"], tx_id)]
+    with app.app_context():
+        stored = db.session.scalars(select(WebhookEvent.webhook_id).where(WebhookEvent.transaction_id == tx_id)).all()
+    assert len(stored) == 2 and all(s.startswith("sha256:") and len(s) <= 255 for s in stored)
