@@ -356,3 +356,14 @@ def test_an_expiry_after_a_failed_cancel_is_an_expiry(app, client, gateway, orde
     assert post_webhook(app.test_client(), status_event(tx_id, "expired", 1999)).status_code == 200
     with app.app_context():
         assert db.session.get(Transaction, tx_id).status == "expired"
+
+
+def test_a_failed_payment_page_offers_no_retry_once_the_order_is_paid(app, client, gateway, order_id):
+    failed = pay_through_pages(client, gateway, order_id)
+    assert post_webhook(app.test_client(), status_event(failed, "failure", 1999)).status_code == 200
+    assert 'action="/checkout/' in _page(client, failed)  # Try again, while the order is open
+    paid = pay_through_pages(client, gateway, order_id)
+    assert post_webhook(app.test_client(), status_event(paid, "success", 1999)).status_code == 200
+    html = _page(client, failed)
+    assert _visible_screen(html) == ["failure"] and 'action="/checkout/' not in html
+    assert "This order has been paid since" in html and f'href="/payment/{paid}"' in html
