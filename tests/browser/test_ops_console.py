@@ -81,7 +81,9 @@ def test_a_refused_action_reloads_as_the_transaction_page(live, chromium, shop_c
     page.get_by_label(re.compile("^Amount to refund")).fill("999999")
     page.get_by_role("button", name="Refund", exact=True).click()
     page.get_by_role("alert").filter(has_text="remain to be refunded").wait_for()
-    assert page.url == f"{live.url}/ops/transactions/{tx_id}"  # not the form's POST-only address
+    # ops.js shows the page's own address, not the form's POST-only one
+    page.wait_for_function("path => location.pathname === path", arg=f"/ops/transactions/{tx_id}")
+    assert page.url == f"{live.url}/ops/transactions/{tx_id}"
     posts = []
     page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and "/ops/" in r.url else None)
     page.reload()
