@@ -34,6 +34,14 @@ def notify_status(transaction_id: str, status: str) -> None:
         log.exception("txn=%s realtime emit failed", transaction_id)
 
 
+def notify_new(transaction_id: str, status: str) -> None:
+    """Tell the ops pages a transaction was created (nobody is in its own room yet). After commit."""
+    try:
+        socketio.emit("transaction_updated", {"transaction_id": transaction_id, "status": status}, to=OPS_ROOM)
+    except Exception:
+        log.exception("txn=%s realtime emit failed", transaction_id)
+
+
 def register_events() -> None:
     """Attach the Socket.IO handlers of contract section 5."""
 
