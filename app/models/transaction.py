@@ -72,7 +72,7 @@ class TransactionEvent(db.Model):
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(32))  # created, gateway, status, webhook, poll, fulfillment, ops, flag
     source: Mapped[str] = mapped_column(String(16))  # api, webhook, poller, ops, shopper, system
-    outcome: Mapped[str | None] = mapped_column(String(16))  # applied, refused, noop, ok, error
+    outcome: Mapped[str | None] = mapped_column(String(16))  # applied, refused, noop, ok, received, error
     from_status: Mapped[str | None] = mapped_column(String(24))
     to_status: Mapped[str | None] = mapped_column(String(24))
     summary: Mapped[str] = mapped_column(Text, default="")

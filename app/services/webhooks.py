@@ -119,7 +119,7 @@ def _apply(event: VerifiedEvent, summary: dict, store: Callable[[str], None]) ->
         store("ignored")
         db.session.commit()
         return "ignored"
-    timeline.record(tx.id, "webhook", "webhook", f"webhook: gateway says {event.status.value}", outcome="ok",
+    timeline.record(tx.id, "webhook", "webhook", f"webhook: gateway says {event.status.value}", outcome="received",
                     detail=summary)
 
     def outcome_of(decision) -> str:
