@@ -83,8 +83,8 @@ def raw_body() -> bytes:
     limit as it is read; one that reaches the limit is answered 413, like a declared one."""
     data = request.get_data()
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if request.content_length is None and limit and len(data) >= limit:
-        raise RequestEntityTooLarge()
+    if request.content_length is None and limit and len(data) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()  # there was more than the limit
     return data
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as WaitedTooLong
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -114,9 +113,7 @@ class SandboxGateway:
         self.webhook_secrets = webhook_secrets
         self.timeout = (connect_timeout, read_timeout)
         self.total_budget = total_budget
-        self._callers: ThreadPoolExecutor | None = None
-        self._callers_pid = 0
-        self._callers_lock = threading.Lock()
+        self._helpers: set[threading.Thread] = set()  # calls under way, abandoned ones included
         retry = _BudgetedRetry(
             total=retries,
             connect=retries,
@@ -152,6 +149,12 @@ class SandboxGateway:
 
     # -- outgoing calls -------------------------------------------------------------------
 
+    def wait_for_calls(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for calls under way to end, abandoned ones too (shutdown, tests)."""
+        end = time.monotonic() + timeout
+        for helper in list(self._helpers):
+            helper.join(max(0.0, end - time.monotonic()))
+
     def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs) -> requests.Response:
         operation = path.strip("/").split("/")[0] or "root"
         started = time.perf_counter()
@@ -166,16 +169,10 @@ class SandboxGateway:
         finally:
             GATEWAY_SECONDS.labels(operation, result).observe(time.perf_counter() - started)
 
-    def _helpers(self) -> ThreadPoolExecutor:
-        """This process's threads for gateway calls (made after a fork, never inherited)."""
-        with self._callers_lock:
-            if self._callers is None or self._callers_pid != os.getpid():
-                self._callers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="gateway-call")
-                self._callers_pid = os.getpid()
-            return self._callers
-
     def _request(self, deadline: float, method: str, url: str, kwargs: dict) -> requests.Response:
         """One call with its retries, on a helper thread; the whole body is read here."""
+        if time.monotonic() >= deadline:  # its caller has stopped waiting: send nothing
+            raise requests.exceptions.Timeout("the call's time budget was spent before it started")
         _this_call.deadline = deadline
         try:
             return self.http.request(method, url, timeout=self.timeout, **kwargs)
@@ -185,11 +182,25 @@ class SandboxGateway:
     def _send(self, method: str, path: str, ok: tuple[int, ...], **kwargs) -> requests.Response:
         url = f"{self.base_url}{path}"
         deadline = time.monotonic() + self.total_budget
-        call = self._helpers().submit(self._request, deadline, method, url, kwargs)
+        call: Future = Future()
+
+        def run() -> None:
+            call.set_running_or_notify_cancel()
+            try:
+                call.set_result(self._request(deadline, method, url, kwargs))
+            except BaseException as exc:  # handed to the caller, who decides
+                call.set_exception(exc)
+            finally:
+                self._helpers.discard(threading.current_thread())
+
+        # A thread per call, not a pool: no cap that slow calls could fill, and a daemon, so an
+        # abandoned call (still reading a dripped answer) never holds the process at exit.
+        helper = threading.Thread(target=run, name="gateway-call", daemon=True)
+        self._helpers.add(helper)
+        helper.start()
         try:
             response = call.result(timeout=max(0.0, deadline - time.monotonic()))
         except WaitedTooLong:
-            call.cancel()
             log.warning("gateway %s %s gave no complete answer within %.0f s", method, path, self.total_budget)
             raise GatewayUnavailable(f"gateway gave no complete answer within {self.total_budget:.0f} s") from None
         except requests.RequestException as exc:

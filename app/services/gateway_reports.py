@@ -109,22 +109,32 @@ def close_session(
     Raises GatewayError, changing nothing, when the gateway cannot be reached.
     """
     tx = get_transaction(transaction_id)
-    gateway = get_gateway()
     if tx.gateway_session_id is None:
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary} (no gateway session was opened)")
-    if closed_as != Status.EXPIRED:
-        _remember_closing(tx.id, closed_as)  # committed before the call: its expiry webhook may come first
+    if closed_as == Status.EXPIRED:
+        return _close(tx, closed_as, source=source, summary=summary, actor=actor, before_commit=before_commit)
+    _remember_closing(tx.id, closed_as)  # committed before the call: its expiry webhook may come first
+    try:
+        result = _close(tx, closed_as, source=source, summary=summary, actor=actor, before_commit=before_commit)
+    except GatewayError:
+        _remember_closing(tx.id, None)  # the close failed, and the caller says so: a later expiry is one
+        raise
+    if result.flagged and not result.applied:
+        _remember_closing(tx.id, None)  # left as it was, for ops: a later expiry is not this close
+    return result
+
+
+def _close(tx, closed_as: Status, *, source: str, summary: str, actor: str | None,
+           before_commit: Callable[[Decision], None] | None) -> MoveResult:
+    """``close_session``'s conversation with the gateway; raises GatewayError as it does."""
+    gateway = get_gateway()
     try:
         closed = gateway.expire_session(tx.gateway_session_id)
     except GatewayRejected as exc:
         if exc.status_code != 404:
-            _remember_closing(tx.id, None)
             raise
         closed = None  # the gateway has no such session: what does it know of the payment?
-    except GatewayError:
-        _remember_closing(tx.id, None)  # the shopper is told it failed; a later expiry is an expiry
-        raise
     if closed == Status.EXPIRED:
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary}: gateway session expired")

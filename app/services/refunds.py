@@ -118,7 +118,7 @@ def _in_flight(record: Refund, budget: float) -> bool:
     """Sent to the gateway within its time budget and not answered yet."""
     sent = record.retried_at or record.created_at
     return (record.status == "requested" and record.flagged_at is None
-            and sent > utcnow() - timedelta(seconds=budget + 1))
+            and sent > utcnow() - timedelta(seconds=budget + 5))  # + the commit before the send
 
 
 def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:
@@ -156,7 +156,7 @@ def _send(refund_id: str, actor: str) -> Refund:
     try:
         result = get_gateway().refund(tx_id, amount, idempotency_key=record.id)
     except GatewayRejected as exc:
-        if exc.status_code != 409:  # 409: busy with this key, or in conflict with it: not an answer
+        if not _still_working(exc):
             _release(record, actor, f"the gateway refused it: {exc}")
             raise ServiceError(502, "refund_refused", f"The gateway refused the refund ({exc.status_code}); "
                                "nothing was refunded.") from None
@@ -196,6 +196,16 @@ def _move_refund(refund_id: str, from_status: str, to_status: str, **values) -> 
         update(Refund).where(Refund.id == refund_id, Refund.status == from_status).values(status=to_status, **values)
         .execution_options(synchronize_session=False)
     ).rowcount == 1
+
+
+# Refusals that say the gateway is still busy with this Idempotency-Key, not that it will not refund.
+STILL_WORKING = frozenset({"idempotency_key_in_use", "idempotency_request_in_progress", "request_in_progress"})
+
+
+def _still_working(exc: GatewayRejected) -> bool:
+    """A 409 naming a request in progress, or naming nothing: the refund may yet be made, so it is
+    held. Any other refusal (409 not_refundable included) is final."""
+    return exc.status_code == 409 and (exc.code is None or exc.code in STILL_WORKING)
 
 
 def _correct_released(refund_id: str, gateway_refund_id: str, actor: str) -> None:

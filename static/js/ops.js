@@ -13,13 +13,14 @@
 
   // Any page: a form is sent once. A second click while the first is on its way is dropped
   // (the server also refuses a refund form sent twice); Back to a kept page re-arms it.
-  Array.prototype.forEach.call(document.querySelectorAll('form[method="post"]'), function (form) {
-    form.addEventListener("submit", function (event) {
-      if (form.getAttribute("data-sending")) { event.preventDefault(); return; }
-      form.setAttribute("data-sending", "1");
-      form.setAttribute("aria-busy", "true");
-    });
-  });
+  // One listener on the document, so forms a live refresh swaps in are guarded too.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form || (form.getAttribute("method") || "").toLowerCase() !== "post") return;
+    if (form.getAttribute("data-sending")) { event.preventDefault(); return; }
+    form.setAttribute("data-sending", "1");
+    form.setAttribute("aria-busy", "true");
+  }, true);
   window.addEventListener("pageshow", function () {
     Array.prototype.forEach.call(document.querySelectorAll("form[data-sending]"), function (form) {
       form.removeAttribute("data-sending");

@@ -96,6 +96,15 @@ def test_an_oversized_chunked_body_is_413_too(client, path):
     assert response.status_code == 413 and response.get_json()["error"] == "payload_too_large"
 
 
+def test_a_chunked_body_of_exactly_the_limit_is_not_too_large(app, client):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    head = b'{"items": [{"sku": "TEE-BLACK", "quantity": 1}], "pad": "'
+    body = head + b"x" * (limit - len(head) - 2) + b'"}'
+    assert len(body) == limit
+    assert _chunked(client, "/api/orders", body).status_code != 413
+    assert _chunked(client, "/api/orders", body[:-2] + b'x"}').status_code == 413  # one byte more
+
+
 def test_a_small_chunked_body_is_read_whole(client):
     response = _chunked(client, "/api/orders", b'{"items": [{"sku": "TEE-BLACK", "quantity": 2}]}')
     assert response.status_code == 201 and response.get_json()["total"] == 3998

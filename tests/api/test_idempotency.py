@@ -84,3 +84,24 @@ def test_a_claim_taken_over_stores_nothing_when_its_request_finally_answers(app,
         idempotency.finish(old, 502, {"error": "gateway_unavailable"})  # the abandoned request, at last
     again = client.post("/initiate-payment", json=body, headers={"Idempotency-Key": "old-key"})
     assert (again.status_code, again.get_json()) == (201, first.get_json())
+
+
+def test_another_body_under_a_key_in_progress_is_refused_at_once(make_app, database_url, gateway):
+    app = make_app(IDEMPOTENCY_WAIT_SECONDS=30)
+    prepare_database(app, database_url)
+    client = app.test_client()
+    order = place_order(client)
+    with app.app_context():  # a first request, still being answered, with another body
+        db.session.add(IdempotencyRecord(key="busy-key", scope="initiate-payment", created_at=utcnow(),
+                                         fingerprint=idempotency.fingerprint({"order_id": "ord_other"})))
+        db.session.commit()
+    pauses = []
+    real_sleep = time.sleep
+    time.sleep = lambda seconds: pauses.append(seconds) or real_sleep(0)
+    try:
+        response = client.post("/initiate-payment", json={"order_id": order["order_id"]},
+                               headers={"Idempotency-Key": "busy-key"})
+    finally:
+        time.sleep = real_sleep
+    assert response.status_code == 422 and response.get_json()["error"] == "idempotency_key_reused"
+    assert pauses == []  # refused without waiting for the other request

@@ -1,8 +1,11 @@
 """The sandbox adapter's parsing of gateway answers (contract section 4)."""
 
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -13,6 +16,7 @@ from app.gateways.base import GatewayError, GatewayRejected, GatewayUnavailable
 from app.gateways.sandbox_client import SandboxGateway
 
 BASE = "http://gw.test"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -161,5 +165,18 @@ def test_a_call_past_its_budget_makes_no_further_attempt(drip):
     gw = SandboxGateway(server.url, "sk_test", ["whsec_c2VjcmV0"], read_timeout=2.0, backoff=0.0, total_budget=1.0)
     with pytest.raises(GatewayUnavailable):
         gw.fetch_status("txn_1")
-    gw._helpers().shutdown(wait=True)  # the abandoned call has finished reading its answer
+    gw.wait_for_calls(30)  # the abandoned call has finished reading its answer
     assert server.answered.is_set() and server.requests == 1
+
+
+def test_an_abandoned_call_does_not_hold_the_process_at_exit(drip):
+    """A command (payments reconcile) ends when its work does, not when a dripping answer does."""
+    body = b'{"transaction_id": "txn_1", "status": "success", "amount": 1999, "currency": "USD"}'
+    server = drip(200, body, every=0.2)  # 17 s for the whole answer
+    script = ("from app.gateways.sandbox_client import SandboxGateway\n"
+              "from app.gateways.base import GatewayUnavailable\n"
+              f"gw = SandboxGateway({server.url!r}, 'sk', ['whsec_c2VjcmV0'], read_timeout=2.0, total_budget=1.0)\n"
+              "try:\n    gw.fetch_status('txn_1')\nexcept GatewayUnavailable:\n    print('gave up')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "gave up", done.stderr
+    assert not server.answered.is_set()  # the process ended while the answer was still coming

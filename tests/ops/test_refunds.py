@@ -471,3 +471,12 @@ def test_a_refund_recorded_failed_that_the_gateway_confirms_is_counted(app, clie
         tx = db.session.get(Transaction, tx_id)
         assert tx.needs_review and tx.review_reason == "refund_recorded_failed_but_made"
         assert any("was recorded as failed, but the gateway confirms it" in e.summary for e in tx.events)
+
+
+def test_a_gateway_409_not_refundable_is_final_and_releases_the_amount(app, admin_client, client, gateway):
+    """The sandbox's 409 for a payment it holds no money for: a refusal, not a request in progress."""
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=409, json={"error": "not_refundable", "message": "The payment is pending."})
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
+    assert response.status_code == 502 and "nothing was refunded" in response.get_data(as_text=True)
+    assert state(app, tx_id) == ("success", 0, [(700, "failed")])

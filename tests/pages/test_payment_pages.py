@@ -367,3 +367,22 @@ def test_a_failed_payment_page_offers_no_retry_once_the_order_is_paid(app, clien
     html = _page(client, failed)
     assert _visible_screen(html) == ["failure"] and 'action="/checkout/' not in html
     assert "This order has been paid since" in html and f'href="/payment/{paid}"' in html
+
+
+@pytest.mark.parametrize("after_404", ["unreachable", "still pending"])
+def test_a_cancel_that_did_not_close_the_session_is_forgotten(app, client, gateway, order_id, after_404):
+    """The gateway has no such session (404) and then cannot be asked, or says pending: the
+    cancel did not happen, so the session's own expiry later is recorded as an expiry."""
+    tx_id = pay_through_pages(client, gateway, order_id)
+    gateway.add("POST", f"{GATEWAY}/sessions/cs_{tx_id}/expire", status=404, json={"error": "not_found"})
+    if after_404 == "unreachable":
+        gateway.add("GET", f"{GATEWAY}/status/{tx_id}", body=requests.ConnectionError("down"))
+    else:
+        gateway_status(gateway, tx_id, "pending", 1999)
+    page = f"/payment/{tx_id}"
+    client.post(f"{page}/cancel", data={"csrf_token": csrf_token(client, page)})
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        assert (tx.status, tx.closing_as) == ("pending", None)
+    assert post_webhook(app.test_client(), status_event(tx_id, "expired", 1999)).status_code == 200
+    assert _status(app, tx_id) == "expired"
