@@ -36,7 +36,7 @@ from app.gateways.registry import get_gateway
 from app.jobs import claims
 from app.jobs.claims import Claim, Release
 from app.jobs.housekeeping import prune_expired_records
-from app.models import Order, OrderStatus
+from app.models import Order, OrderStatus, Transaction
 from app.models.clock import utcnow
 from app.services import timeline
 from app.services.fulfillment import fulfill_order, orders_awaiting_fulfillment
@@ -101,7 +101,7 @@ _OUTCOME_FIELDS = {
 class Quiet:
     """An answer that moves nothing: the pass releases the claim in bulk and records ``line``."""
 
-    outcome: str  # "pending", "unknown" or "error"
+    outcome: str  # "pending", "unknown", "flagged" or "error"
     release: Release
     line: str | None = None  # a timeline summary, when the answer deserves one
 
@@ -237,11 +237,27 @@ def check_one(claim: Claim) -> str | Quiet:
     if answer.status == Status.PENDING:
         log.info("txn=%s poll: gateway says pending; next check at %s", claim.id, next_check)
         return Quiet("pending", Release(claim, now, next_check))
+    if _repeats_open_mismatch(claim.id, answer):
+        log.info("txn=%s poll: gateway again says success for other money (flagged); next check at %s",
+                 claim.id, next_check)
+        return Quiet("flagged", Release(claim, now, next_check))
     try:
         return _apply_answer(claim, answer, Release(claim, now, next_check))
     except Exception as exc:
         db.session.rollback()
         return _error(claim, "applying the gateway's answer failed", exc, reschedule=True)
+
+
+def _repeats_open_mismatch(transaction_id: str, answer) -> bool:
+    """The gateway says again what is already flagged and not yet reviewed (a success for other
+    money): nothing new for the timeline, which would otherwise gain a line every check."""
+    if answer.status != Status.SUCCESS:
+        return False
+    tx = db.session.get(Transaction, transaction_id)
+    repeated = (tx is not None and tx.needs_review and MISMATCH in (tx.review_reason or "")
+                and (answer.amount, answer.currency) != (tx.amount, tx.currency))
+    db.session.rollback()  # a read only: the claim is released with the other quiet answers
+    return repeated
 
 
 def _apply_answer(claim: Claim, answer, release: Release) -> str:

@@ -177,3 +177,20 @@ def test_an_unknown_session_of_a_payment_still_pending_is_flagged_for_ops(app, c
     tx = row(app, tx_id)
     assert tx.status == "pending" and tx.needs_review and tx.review_reason == "gateway_inconsistent"
     assert any("has no such session" in line[2] for line in poller_lines(app, tx_id))
+
+
+def test_a_mismatch_already_flagged_is_not_recorded_again_at_every_check(app, client, gateway):
+    """Checked for as long as it stays pending, but the same mismatch is recorded once, not hourly."""
+    _, tx_id = pending_payment(app, client, gateway, EXPIRES_AFTER + 60)
+    with app.app_context():
+        db.session.execute(update(Transaction).where(Transaction.id == tx_id)
+                           .values(needs_review=True, review_reason="amount_mismatch"))
+        db.session.commit()
+    answer_status(gateway, tx_id, "success", amount=1)
+    for _ in range(3):
+        with app.app_context():  # the next check is due
+            db.session.execute(update(Transaction).where(Transaction.id == tx_id).values(next_check_at=None))
+            db.session.commit()
+        assert reconcile(app).checked == 1
+    assert status_calls(gateway, tx_id) == 3 and poller_lines(app, tx_id) == []
+    assert row(app, tx_id).status == "pending" and fulfillment_probe.calls == []
