@@ -42,6 +42,14 @@ def login():
     return render_template("auth/login.html", form=form, error=error)
 
 
+@bp.get("/logout")
+def logout_page():
+    """A typed or bookmarked /ops/logout: ask, since only a POST with the form's token logs out."""
+    if not current_user.is_authenticated:
+        return redirect(url_for("auth.login"))
+    return render_template("auth/logout.html")
+
+
 @bp.post("/logout")
 def logout():
     # CSRFProtect has checked the form's token before this runs. Ending the session on the
