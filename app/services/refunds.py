@@ -121,6 +121,11 @@ def _in_flight(record: Refund, budget: float) -> bool:
             and sent > utcnow() - timedelta(seconds=budget + 5))  # + the commit before the send
 
 
+def in_flight(record: Refund) -> bool:
+    """Being sent to the gateway right now (Retry is refused meanwhile)."""
+    return _in_flight(record, current_app.config["GATEWAY_TOTAL_BUDGET"])
+
+
 def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:
     """Send a refund the gateway did not answer again, under the same Idempotency-Key.
 

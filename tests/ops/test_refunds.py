@@ -440,6 +440,8 @@ def test_two_retries_at_once_send_the_refund_once(app, admin_client, client, gat
 def test_a_refund_still_being_sent_cannot_be_retried(app, admin_client, client, gateway):
     _, tx_id, _ = paid_transaction(client, gateway)
     sending = cut_off_refund(app, tx_id, 500, age_seconds=1)  # sent a second ago, no answer yet
+    page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    assert "being sent…" in page and f"/refunds/{sending}/retry" not in page  # no Retry offered
     response = post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{sending}/retry")
     assert response.status_code == 409 and "being sent to the gateway right now" in response.get_data(as_text=True)
     assert refund_calls(gateway) == []
