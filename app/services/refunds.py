@@ -34,6 +34,7 @@ from app.services.waiting import wait_for
 
 log = logging.getLogger(__name__)
 REFUNDABLE = (Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value)
+OUTCOME_UNKNOWN = "refund_outcome_unknown"  # the review reason of a refund the gateway did not answer
 
 
 def refund(transaction_id: str, amount: int, actor: str, request_key: str | None = None) -> Refund:
@@ -181,6 +182,7 @@ def _send(refund_id: str, actor: str) -> Refund:
         timeline.record(tx_id, "ops", "ops", f"refund of {money_text(amount, currency)} succeeded "
                         f"(gateway refund {result.refund_id})", outcome="ok",
                         detail={"refund_id": record.id, "gateway_refund_id": result.refund_id}, actor=actor)
+        _outcome_known(tx_id, actor)
     else:
         _correct_released(record.id, result.refund_id, actor)
     db.session.commit()
@@ -211,6 +213,32 @@ def _still_working(exc: GatewayRejected) -> bool:
     """A 409 naming a request in progress, or naming nothing: the refund may yet be made, so it is
     held. Any other refusal (409 not_refundable included) is final."""
     return exc.status_code == 409 and (exc.code is None or exc.code in STILL_WORKING)
+
+
+def _outcome_known(transaction_id: str, actor: str | None) -> None:
+    """Once none of the payment's refunds is left unanswered, the refund_outcome_unknown reason
+    is settled: it leaves the open reasons, and the flag is cleared when it was the only one.
+    A compare-and-set on the reasons, so a reason raised meanwhile stays. In the caller's
+    database transaction."""
+    unanswered = db.session.scalar(select(func.count()).select_from(Refund).where(
+        Refund.transaction_id == transaction_id, Refund.status == "requested", Refund.flagged_at.is_not(None)))
+    flag = db.session.execute(select(Transaction.needs_review, Transaction.review_reason)
+                              .where(Transaction.id == transaction_id)).one()
+    reasons = [r.strip() for r in (flag.review_reason or "").split(",") if r.strip()]
+    if unanswered or not flag.needs_review or OUTCOME_UNKNOWN not in reasons:
+        return
+    rest = ", ".join(r for r in reasons if r != OUTCOME_UNKNOWN)
+    settled = {"review_reason": rest} if rest else {"needs_review": False, "reviewed_at": utcnow(),
+                                                     "reviewed_by": "system"}
+    done = db.session.execute(
+        update(Transaction).where(Transaction.id == transaction_id, Transaction.needs_review.is_(True),
+                                  Transaction.review_reason == flag.review_reason).values(**settled)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if done:
+        timeline.record(transaction_id, "flag", "ops", "every refund's outcome is known now: "
+                        + (f"{OUTCOME_UNKNOWN} settled, still flagged for {rest}" if rest
+                           else "the review flag is cleared"), outcome="ok", actor=actor)
 
 
 def _correct_released(refund_id: str, gateway_refund_id: str, actor: str) -> None:
@@ -254,7 +282,7 @@ def _flag_unanswered(record, why: str, actor: str | None, *, swept: bool = False
     if flagged != 1:  # settled (or retried) meanwhile: nothing to flag
         db.session.rollback()
         return False
-    flag_for_review(tx_id, "refund_outcome_unknown")
+    flag_for_review(tx_id, OUTCOME_UNKNOWN)
     money = money_text(record.amount, record.currency)
     timeline.record(tx_id, "ops", "poller" if swept else "ops", f"refund {record.id} of {money}: {why}; amount held, "
                     "retry it", outcome="error", actor=actor)
@@ -294,6 +322,7 @@ def _release(record: Refund, actor: str, why: str) -> None:
         timeline.record(record.transaction_id, "ops", "ops",
                         f"refund of {money_text(record.amount, record.currency)} failed: {why}"[:500],
                         outcome="error", detail={"refund_id": record.id}, actor=actor)
+        _outcome_known(record.transaction_id, actor)
     db.session.commit()
     notify_ops(record.transaction_id)
     log.warning("txn=%s refund %s failed: %s", record.transaction_id, record.id, why)

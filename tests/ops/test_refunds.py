@@ -15,6 +15,7 @@ from app.models import Refund, Transaction, TransactionEvent
 from app.models.clock import utcnow
 from app.services import refunds
 from app.services.errors import ServiceError
+from app.services.status_moves import flag_for_review
 from tests.conftest import GATEWAY, place_order, start_payment
 from tests.jobs.support import reconcile
 from tests.ops.conftest import ADMIN, paid_transaction, post_form
@@ -482,3 +483,27 @@ def test_a_gateway_409_not_refundable_is_final_and_releases_the_amount(app, admi
     response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
     assert response.status_code == 502 and "nothing was refunded" in response.get_data(as_text=True)
     assert state(app, tx_id) == ("success", 0, [(700, "failed")])
+
+
+@pytest.mark.parametrize("other_reason", [None, "duplicate_payment_refund_owed"])
+def test_the_unknown_outcome_flag_is_settled_once_the_refund_is_answered(app, admin_client, client, gateway,
+                                                                          other_reason):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    if other_reason:
+        with app.app_context():
+            flag_for_review(tx_id, other_reason)
+            db.session.commit()
+    gateway.post(REFUNDS_URL, status=503)
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"}).status_code == 502
+    with app.app_context():
+        assert db.session.get(Transaction, tx_id).review_reason.endswith("refund_outcome_unknown")
+    gateway.replace(responses.POST, REFUNDS_URL, json={"refund_id": "re_late", "status": "succeeded"})
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{refund_key(app, tx_id)}/retry"
+                     ).status_code == 303
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        if other_reason:  # the other reason still needs a person
+            assert (tx.needs_review, tx.review_reason) == (True, other_reason)
+        else:
+            assert (tx.needs_review, tx.reviewed_by) == (False, "system")
+        assert any(e.summary.startswith("every refund's outcome is known now") for e in tx.events)
