@@ -4,7 +4,7 @@ Retries are urllib3's: connection errors, read timeouts, 429 and 5xx are retried
 exponential backoff and jitter. Every retry of create-session carries the same
 Idempotency-Key (the transaction id), so a retry never opens a second session.
 
-A call, retries included, is over within its time budget (``GATEWAY_TOTAL_BUDGET``, 30 s)
+A call, retries included, is over within its time budget (``GATEWAY_TOTAL_BUDGET``, 25 s)
 whatever the gateway does. Timeouts bound each socket read, not an answer sent one byte at a
 time, so the call runs on a helper thread and the caller stops waiting at the budget; the
 retry policy gives up at the same moment, so an abandoned call makes no further attempt.
@@ -99,7 +99,7 @@ class SandboxGateway:
         read_timeout: float = 4.0,
         retries: int = 3,
         backoff: float = 0.5,
-        total_budget: float = 30.0,
+        total_budget: float = 25.0,
     ):
         self.base_url = base_url.rstrip("/")
         if not webhook_secrets:
@@ -171,10 +171,10 @@ class SandboxGateway:
 
     def _request(self, deadline: float, method: str, url: str, kwargs: dict) -> requests.Response:
         """One call with its retries, on a helper thread; the whole body is read here."""
-        if time.monotonic() >= deadline:  # its caller has stopped waiting: send nothing
-            raise requests.exceptions.Timeout("the call's time budget was spent before it started")
         _this_call.deadline = deadline
         try:
+            if _budget_spent():  # its caller has stopped waiting: send nothing
+                raise requests.exceptions.Timeout("the call's time budget was spent before it started")
             return self.http.request(method, url, timeout=self.timeout, **kwargs)
         finally:
             _this_call.deadline = None

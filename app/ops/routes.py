@@ -110,7 +110,6 @@ def _detail_page(transaction_id: str, *, refund_form: RefundForm | None = None, 
     return render_template("ops/transaction.html", d=detail, tx=detail.transaction,
                            refund_form=refund_form or RefundForm(formdata=None),
                            refund_keys=(secrets.token_urlsafe(16), secrets.token_urlsafe(16)),
-                           sending={r.id for r in detail.refunds if refunds.in_flight(r)},  # no Retry for these
                            error=error), status
 
 

@@ -26,19 +26,19 @@ def room_for(transaction_id: str) -> str:
 
 def notify_status(transaction_id: str, status: str) -> None:
     """Push ``payment_status_update`` to the transaction's room and to ops. Call after commit."""
-    payload = {"transaction_id": transaction_id, "status": status}
+    _emit("payment_status_update", transaction_id, status, room_for(transaction_id))
+    notify_ops_only(transaction_id, status)
+
+
+def notify_ops_only(transaction_id: str, status: str) -> None:
+    """Tell only the ops pages about a transaction (a new one has nobody in its room yet). After commit."""
+    _emit("transaction_updated", transaction_id, status, OPS_ROOM)
+
+
+def _emit(event: str, transaction_id: str, status: str, room: str) -> None:
     try:
-        socketio.emit("payment_status_update", payload, to=room_for(transaction_id))
-        socketio.emit("transaction_updated", payload, to=OPS_ROOM)
+        socketio.emit(event, {"transaction_id": transaction_id, "status": status}, to=room)
     except Exception:  # a broken message queue must not undo a committed payment
-        log.exception("txn=%s realtime emit failed", transaction_id)
-
-
-def notify_new(transaction_id: str, status: str) -> None:
-    """Tell the ops pages a transaction was created (nobody is in its own room yet). After commit."""
-    try:
-        socketio.emit("transaction_updated", {"transaction_id": transaction_id, "status": status}, to=OPS_ROOM)
-    except Exception:
         log.exception("txn=%s realtime emit failed", transaction_id)
 
 

@@ -75,10 +75,7 @@ def cancel_payment(transaction_id: str) -> Status:
     try:
         close_session(tx.id, Status.CANCELLED, source=SOURCE, summary="cancelled by the shopper")
     except GatewayError as exc:
-        db.session.rollback()
-        timeline.record(tx.id, "gateway", SOURCE, f"cancel: expiring the session failed: {exc}"[:500],
-                        outcome="error")
-        db.session.commit()
+        timeline.record_failure(tx.id, "gateway", SOURCE, f"cancel: expiring the session failed: {exc}")
         log.warning("txn=%s shopper cancel: gateway expire failed: %s", tx.id, exc)
         raise ServiceError(502, "gateway_unavailable",
                            "We could not reach the payment service to cancel. Please try again.") from None

@@ -77,16 +77,19 @@ def begin(key: str, scope: str, print_: str) -> IdempotencyRecord | Claim:
     def read() -> IdempotencyRecord | None:
         return db.session.get(IdempotencyRecord, key, populate_existing=True)
 
+    def another_request(record: IdempotencyRecord) -> bool:
+        return record.scope != scope or record.fingerprint != print_
+
     def settled(record: IdempotencyRecord | None) -> bool:
         """Nothing to wait for: free, answered, stale, or another request (refused at once)."""
         return (record is None or record.status_code is not None or _stale(record, utcnow())
-                or record.scope != scope or record.fingerprint != print_)
+                or another_request(record))
 
     for _ in range(3):
         record = wait_for(read, settled, current_app.config["IDEMPOTENCY_WAIT_SECONDS"])
         now = utcnow()
         if record is not None and not _stale(record, now):
-            if record.scope != scope or record.fingerprint != print_:
+            if another_request(record):
                 raise _reused()
             if record.status_code is None:
                 raise _in_progress()

@@ -177,6 +177,7 @@ class TransactionDetail:
     rejections: list[WebhookRejection]
     refunded: int  # refunds the gateway confirmed
     remaining: int  # what may still be refunded (amount minus confirmed and in-flight refunds)
+    sending: frozenset[str]  # ids of refunds being sent right now (no Retry is offered for them)
 
 
 def transaction_detail(transaction_id: str) -> TransactionDetail:
@@ -198,8 +199,11 @@ def transaction_detail(transaction_id: str) -> TransactionDetail:
     refunded = sum(r.amount for r in refunds if r.status == "succeeded")
     # Only a captured payment can be refunded: a pending or failed one has nothing refundable.
     refundable = tx.status in (Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value)
+    from app.services.refunds import in_flight  # refunds imports this module; keep the cycle lazy
+
     return TransactionDetail(tx, tx.order, events, refunds, webhooks, rejections, refunded,
-                             tx.amount - tx.refunded_amount if refundable else 0)
+                             tx.amount - tx.refunded_amount if refundable else 0,
+                             frozenset(r.id for r in refunds if in_flight(r)))
 
 
 def webhook_log(limit: int = 100) -> tuple[list[WebhookEvent], list[WebhookRejection]]:

@@ -168,9 +168,9 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
         tx = _Payment(*row)
     db.session.commit()  # the pending transaction exists before the gateway is called
     if created:
-        from app.realtime import notify_new  # realtime imports services; keep the cycle lazy
+        from app.realtime import notify_ops_only  # realtime imports services; keep the cycle lazy
 
-        notify_new(tx.id, tx.status)  # the ops list shows it at once
+        notify_ops_only(tx.id, tx.status)  # the ops list shows it at once
 
     if tx.payment_url is None:
         try:

@@ -104,9 +104,9 @@ def _made_by_form(transaction_id: str, request_key: str, amount: int) -> Refund 
     if earlier.transaction_id != transaction_id or earlier.amount != amount:
         raise ServiceError(409, "refund_form_reused", "This form was already used for another refund; "
                            "reload the page to refund again.")
-    budget = current_app.config["GATEWAY_TOTAL_BUDGET"]
-    if _in_flight(earlier, budget):  # a double click: the first copy's answer is this one's too
-        earlier = wait_for(read, lambda refund: not _in_flight(refund, budget), budget + 5)
+    if in_flight(earlier):  # a double click: the first copy's answer is this one's too
+        longest = current_app.config["GATEWAY_TOTAL_BUDGET"] + 5
+        earlier = wait_for(read, lambda refund: not in_flight(refund), longest)
     if earlier.status == "succeeded":
         return earlier
     where = ("is waiting for the gateway's answer: retry it from the list of refunds below if it stays so"
@@ -115,16 +115,28 @@ def _made_by_form(transaction_id: str, request_key: str, amount: int) -> Refund 
                        f"{where}. To refund again, enter the amount anew.")
 
 
-def _in_flight(record: Refund, budget: float) -> bool:
-    """Sent to the gateway within its time budget and not answered yet."""
-    sent = record.retried_at or record.created_at
-    return (record.status == "requested" and record.flagged_at is None
-            and sent > utcnow() - timedelta(seconds=budget + 5))  # + the commit before the send
-
-
 def in_flight(record: Refund) -> bool:
-    """Being sent to the gateway right now (Retry is refused meanwhile)."""
-    return _in_flight(record, current_app.config["GATEWAY_TOTAL_BUDGET"])
+    """Being sent to the gateway right now: sent within its time budget (and the commit before
+    the send) and not answered yet. Retry is refused meanwhile."""
+    sent = record.retried_at or record.created_at
+    budget = current_app.config["GATEWAY_TOTAL_BUDGET"]
+    return (record.status == "requested" and record.flagged_at is None
+            and sent > utcnow() - timedelta(seconds=budget + 5))
+
+
+def _same_send(record):
+    """The refund row is still at the send ``record`` was read at (no Retry since)."""
+    return Refund.retried_at.is_(None) if record.retried_at is None else Refund.retried_at == record.retried_at
+
+
+def _count_refunded(transaction_id: str, delta: int) -> None:
+    """Add ``delta`` (negative to give back) to the payment's refunded amount, in the caller's
+    database transaction."""
+    db.session.execute(
+        update(Transaction).where(Transaction.id == transaction_id)
+        .values(refunded_amount=Transaction.refunded_amount + delta)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:
@@ -139,10 +151,8 @@ def retry_refund(transaction_id: str, refund_id: str, actor: str) -> Refund:
         raise ServiceError(409, "refund_settled", f"This refund is already {record.status}.")
     # One send at a time: two sends of one refund could answer each other ("in progress",
     # "nothing left") and a refusal must never release a refund the other send made.
-    claimed = not _in_flight(record, current_app.config["GATEWAY_TOTAL_BUDGET"]) and db.session.execute(
-        update(Refund).where(Refund.id == record.id, Refund.status == "requested",
-                             Refund.retried_at.is_(None) if record.retried_at is None
-                             else Refund.retried_at == record.retried_at)
+    claimed = not in_flight(record) and db.session.execute(
+        update(Refund).where(Refund.id == record.id, Refund.status == "requested", _same_send(record))
         .values(retried_at=utcnow(), flagged_at=None)  # in flight again, for another gateway budget
         .execution_options(synchronize_session=False)
     ).rowcount == 1
@@ -161,20 +171,18 @@ def _send(refund_id: str, actor: str) -> Refund:
     tx_id, amount, currency = record.transaction_id, record.amount, record.currency
     try:
         result = get_gateway().refund(tx_id, amount, idempotency_key=record.id)
-    except GatewayRejected as exc:
-        if not _still_working(exc):
+    except GatewayError as exc:
+        refused = isinstance(exc, GatewayRejected)
+        if refused and not _still_working(exc):
             _release(record, actor, f"the gateway refused it: {exc}")
             raise ServiceError(502, "refund_refused", f"The gateway refused the refund ({exc.status_code}); "
                                "nothing was refunded.") from None
+        # No answer, or "still working on it": the money may have moved, so the amount stays held.
         db.session.rollback()
-        _flag_unanswered(record, f"the gateway did not give its outcome ({exc})", actor)
-        raise ServiceError(502, "gateway_unavailable", "The gateway did not say what became of the refund. "
-                           "The amount stays reserved; retry the refund from this page.") from None
-    except GatewayError as exc:
-        db.session.rollback()
-        _flag_unanswered(record, f"the gateway did not answer ({exc})", actor)
-        raise ServiceError(502, "gateway_unavailable", "The gateway did not answer. The amount stays reserved; "
-                           "retry the refund from this page.") from None
+        _flag_unanswered(record, f"the gateway did not {'give its outcome' if refused else 'answer'} ({exc})", actor)
+        raise ServiceError(502, "gateway_unavailable", ("The gateway did not say what became of the refund. "
+                           if refused else "The gateway did not answer. ")
+                           + "The amount stays reserved; retry the refund from this page.") from None
     if not result.succeeded:
         _release(record, actor, f"the gateway did not confirm it (refund {result.refund_id})")
         raise ServiceError(502, "refund_refused", "The gateway did not confirm the refund; nothing was refunded.")
@@ -247,11 +255,7 @@ def _correct_released(refund_id: str, gateway_refund_id: str, actor: str) -> Non
     corrected = _leave_failed(refund_id, gateway_refund_id)
     if corrected is None:
         return  # already recorded as succeeded: the same answer, twice
-    db.session.execute(
-        update(Transaction).where(Transaction.id == corrected.transaction_id)
-        .values(refunded_amount=Transaction.refunded_amount + corrected.amount)
-        .execution_options(synchronize_session=False)
-    )
+    _count_refunded(corrected.transaction_id, corrected.amount)
     flag_for_review(corrected.transaction_id, "refund_recorded_failed_but_made")
     timeline.record(corrected.transaction_id, "ops", "ops",
                     f"refund {refund_id} of {money_text(corrected.amount, corrected.currency)} was recorded as "
@@ -275,8 +279,7 @@ def _flag_unanswered(record, why: str, actor: str | None, *, swept: bool = False
     tx_id = record.transaction_id
     conditions = [Refund.id == record.id, Refund.status == "requested"]
     if swept:
-        conditions += [Refund.flagged_at.is_(None), Refund.retried_at.is_(None) if record.retried_at is None
-                       else Refund.retried_at == record.retried_at]
+        conditions += [Refund.flagged_at.is_(None), _same_send(record)]
     flagged = db.session.execute(update(Refund).where(*conditions).values(flagged_at=utcnow())
                                  .execution_options(synchronize_session=False)).rowcount
     if flagged != 1:  # settled (or retried) meanwhile: nothing to flag
@@ -314,11 +317,7 @@ def _release(record: Refund, actor: str, why: str) -> None:
     """Mark the refund failed and give its amount back, once, whoever gets here first."""
     db.session.rollback()
     if _leave_requested(record.id, "failed"):
-        db.session.execute(
-            update(Transaction).where(Transaction.id == record.transaction_id)
-            .values(refunded_amount=Transaction.refunded_amount - record.amount)
-            .execution_options(synchronize_session=False)
-        )
+        _count_refunded(record.transaction_id, -record.amount)
         timeline.record(record.transaction_id, "ops", "ops",
                         f"refund of {money_text(record.amount, record.currency)} failed: {why}"[:500],
                         outcome="error", detail={"refund_id": record.id}, actor=actor)

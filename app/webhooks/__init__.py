@@ -26,7 +26,7 @@ def _verified():
                deduct_when=lambda response: response.status_code == 400)
 def payment_callback():
     # The raw bytes, exactly as signed: nothing parses the body before verification.
-    outcome = webhooks.receive(_verified(), raw_body(), request.remote_addr)
+    outcome = webhooks.receive(_verified(), request.get_data(), request.remote_addr)  # the body _verified read
     if not outcome.accepted:
         return error_response(400, "invalid_webhook", outcome.message, {"reason": outcome.outcome})
     return jsonify({"received": True, "outcome": outcome.outcome}), 200

@@ -93,6 +93,16 @@ def insert_due(url: str, count: int) -> list[str]:
     return ids
 
 
+def post_success(app_url: str, tx_id: str) -> requests.Response:
+    """Deliver a signed success webhook for ``tx_id`` (1999 USD) to the instance at ``app_url``."""
+    body = json.dumps({"type": "payment.status_changed", "timestamp": "2026-01-01T00:00:00Z", "data": {
+        "transaction_id": tx_id, "session_id": "cs", "status": "success", "amount": 1999,
+        "currency": "USD"}}).encode()
+    headers = {**sign(DEV_WEBHOOK_SECRET, f"msg_{uuid.uuid4().hex}", body).as_dict(),
+               "Content-Type": "application/json"}
+    return requests.post(f"{app_url}/payment-callback", data=body, headers=headers)
+
+
 def statuses(url: str, ids: list[str]) -> dict[str, str]:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -128,12 +138,7 @@ def test_socket_on_a_hears_webhook_on_b_and_schedulers_share_the_work(database_u
             time.sleep(0.05)
         assert received and received[0] == {"transaction_id": tx_id, "status": "pending"}
 
-        body = json.dumps({"type": "payment.status_changed", "timestamp": "2026-01-01T00:00:00Z", "data": {
-            "transaction_id": tx_id, "session_id": "cs", "status": "success", "amount": 1999,
-            "currency": "USD"}}).encode()
-        headers = {**sign(DEV_WEBHOOK_SECRET, f"msg_{uuid.uuid4().hex}", body).as_dict(),
-                   "Content-Type": "application/json"}
-        assert requests.post(f"{b_url}/payment-callback", data=body, headers=headers).status_code == 200
+        assert post_success(b_url, tx_id).status_code == 200
         assert arrived.wait(10), f"no update on A for a webhook posted to B: {received}"
         client.disconnect()
 
@@ -211,12 +216,7 @@ def test_pages_on_one_port_with_several_workers_all_hear_the_result(database_url
         while any(not h for h in heard) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert all(h == ["pending"] for h in heard), heard
-        body = json.dumps({"type": "payment.status_changed", "timestamp": "2026-01-01T00:00:00Z", "data": {
-            "transaction_id": tx_id, "session_id": "cs", "status": "success", "amount": 1999,
-            "currency": "USD"}}).encode()
-        headers = {**sign(DEV_WEBHOOK_SECRET, f"msg_{uuid.uuid4().hex}", body).as_dict(),
-                   "Content-Type": "application/json"}
-        assert requests.post(f"{url}/payment-callback", data=body, headers=headers).status_code == 200
+        assert post_success(url, tx_id).status_code == 200
         deadline = time.monotonic() + 10
         while any(h[-1] != "success" for h in heard) and time.monotonic() < deadline:
             time.sleep(0.05)
