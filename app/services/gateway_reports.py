@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.domain.status import Decision, Outcome, Status
 from app.extensions import db
@@ -24,6 +24,7 @@ from app.services.status_moves import MoveResult, TxState, apply_status, flag_fo
 
 log = logging.getLogger(__name__)
 MISMATCH = "amount_mismatch"
+REFUNDED_ELSEWHERE = "partial_refund_made_at_gateway"
 FINAL_WITHOUT_MONEY = (Status.FAILURE, Status.EXPIRED, Status.CANCELLED)
 
 
@@ -57,8 +58,37 @@ def apply_report(
             Decision(tx.status, status, Outcome.REFUSED, flag_reason=MISMATCH), MISMATCH,
             f"gateway success for {amount} {currency} does not match {tx.amount} {tx.currency}: not applied",
             tx_id=tx.id, source=source, actor=actor, detail=detail, before_commit=before_commit)
+    if status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED):
+        before_commit = _books_follow_refund(tx, status, source, actor, before_commit)
     return apply_status(tx.id, status, source=source, summary=summary, detail=detail, actor=actor,
                         before_commit=before_commit, known=tx)
+
+
+def _books_follow_refund(tx: TxState, status: Status, source: str, actor: str | None,
+                         before_commit: Callable[[Decision], None] | None) -> Callable[[Decision], None]:
+    """``before_commit`` for a refund status the gateway reports (a refund made at the gateway,
+    not here): when the move applies, ``refunded`` counts the whole amount as refunded, and a
+    partial refund of which nothing is counted here is flagged, since its amount is unknown and
+    what the ops page offers to refund would be too much."""
+    def follow(decision: Decision) -> None:
+        if decision.outcome == Outcome.APPLIED:
+            if status == Status.REFUNDED:
+                counted = db.session.execute(
+                    update(Transaction).where(Transaction.id == tx.id, Transaction.refunded_amount < tx.amount)
+                    .values(refunded_amount=tx.amount).execution_options(synchronize_session=False)).rowcount
+                if counted:
+                    timeline.record(tx.id, "status", source, "the gateway reports the whole payment refunded: "
+                                    "counted as refunded, including what was refunded at the gateway",
+                                    outcome="ok", actor=actor)
+            elif not db.session.scalar(select(Transaction.refunded_amount).where(Transaction.id == tx.id)):
+                flag_for_review(tx.id, REFUNDED_ELSEWHERE)
+                timeline.record(tx.id, "flag", source, "the gateway reports a partial refund that was not made "
+                                "here: its amount is unknown, so less may remain to refund than shown",
+                                outcome="flagged", actor=actor)
+        if before_commit:
+            before_commit(decision)
+
+    return follow
 
 
 def apply_gateway_answer(answer: GatewayStatus, *, source: str, summary: str, actor: str | None = None,

@@ -16,7 +16,7 @@ import logging
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.domain.status import Status
@@ -131,10 +131,12 @@ def _same_send(record):
 
 def _count_refunded(transaction_id: str, delta: int) -> None:
     """Add ``delta`` (negative to give back) to the payment's refunded amount, in the caller's
-    database transaction."""
+    database transaction. A payment the gateway reports wholly refunded (a refund made at the
+    gateway while one from here was in flight) keeps its whole amount counted."""
     db.session.execute(
         update(Transaction).where(Transaction.id == transaction_id)
-        .values(refunded_amount=Transaction.refunded_amount + delta)
+        .values(refunded_amount=case((Transaction.status == Status.REFUNDED.value, Transaction.amount),
+                                     else_=Transaction.refunded_amount + delta))
         .execution_options(synchronize_session=False)
     )
 

@@ -16,7 +16,7 @@ from app.models.clock import utcnow
 from app.services import refunds
 from app.services.errors import ServiceError
 from app.services.status_moves import flag_for_review
-from tests.conftest import GATEWAY, place_order, start_payment
+from tests.conftest import GATEWAY, place_order, post_webhook, start_payment, status_event
 from tests.jobs.support import reconcile
 from tests.ops.conftest import ADMIN, paid_transaction, post_form
 
@@ -507,3 +507,46 @@ def test_the_unknown_outcome_flag_is_settled_once_the_refund_is_answered(app, ad
         else:
             assert (tx.needs_review, tx.reviewed_by) == (False, "system")
         assert any(e.summary.startswith("every refund's outcome is known now") for e in tx.events)
+
+
+def test_a_refund_the_gateway_reports_made_there_is_counted(app, admin_client, client, gateway):
+    """Ops refunded the whole payment in the gateway's own dashboard: its webhook says refunded."""
+    _, tx_id, amount = paid_transaction(client, gateway)
+    assert post_webhook(client, status_event(tx_id, "refunded", amount)).status_code == 200
+    assert state(app, tx_id) == ("refunded", amount, [])
+    with app.app_context():
+        assert not db.session.get(Transaction, tx_id).needs_review
+    page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    assert 'name="amount"' not in page  # nothing is offered for refunding any more
+
+
+def test_a_partial_refund_made_at_the_gateway_is_flagged(app, admin_client, client, gateway):
+    _, tx_id, amount = paid_transaction(client, gateway)
+    assert post_webhook(client, status_event(tx_id, "partially_refunded", amount)).status_code == 200
+    assert state(app, tx_id) == ("partially_refunded", 0, [])
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        assert tx.needs_review and tx.review_reason == "partial_refund_made_at_gateway"
+    # a partial refund from here leaves nothing to flag: what it refunded is counted
+    _, other_id, _ = paid_transaction(client, gateway)
+    gateway_refunds(gateway)
+    assert post_form(admin_client, f"/ops/transactions/{other_id}/refund", {"amount": "700"}).status_code == 303
+    assert post_webhook(client, status_event(other_id, "partially_refunded", amount)).status_code == 200
+    with app.app_context():
+        assert not db.session.get(Transaction, other_id).needs_review
+
+
+def test_a_refund_from_here_failing_after_the_gateway_refunded_all_keeps_all_counted(app, client, gateway):
+    """A refund from here is in flight when the gateway reports the payment wholly refunded (done
+    in its dashboard), then refuses ours: the whole amount stays counted as refunded."""
+    _, tx_id, amount = paid_transaction(client, gateway)
+
+    def refuse_after_the_webhook(_request):
+        assert post_webhook(client, status_event(tx_id, "refunded", amount)).status_code == 200
+        return 409, {}, json.dumps({"error": "not_refundable", "message": "Already refunded."})
+
+    gateway.add_callback(responses.POST, REFUNDS_URL, callback=refuse_after_the_webhook)
+    with app.app_context(), pytest.raises(ServiceError) as refused:
+        refunds.refund(tx_id, 700, ADMIN)
+    assert refused.value.code == "refund_refused"
+    assert state(app, tx_id) == ("refunded", amount, [(700, "failed")])
