@@ -14,11 +14,16 @@ EXPONENTS = {
 MAX_MINOR_UNITS = 2**31 - 1
 
 
+def minor_exponent(currency: str) -> int:
+    """How many decimals the currency's minor unit has: 2 for USD, 0 for JPY, 3 for KWD."""
+    return EXPONENTS.get(currency.upper(), 2)
+
+
 def format_minor_units(amount: int, currency: str) -> str:
     """``1999, "USD"`` -> ``"19.99"``; integer arithmetic only, thousands separated."""
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise TypeError("money amounts are integers of minor units")
-    exponent = EXPONENTS.get(currency.upper(), 2)
+    exponent = minor_exponent(currency)
     sign = "-" if amount < 0 else ""
     major, minor = divmod(abs(amount), 10**exponent)
     if exponent == 0:

@@ -10,6 +10,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 
+from app.domain.money import minor_exponent
 from app.extensions import login_manager
 from app.ops.forms import FilterForm, RefundForm
 from app.ops.redaction import pretty, pretty_text
@@ -63,7 +64,8 @@ def _when(value: datetime | None) -> str:
 
 @bp.context_processor
 def _helpers() -> dict:
-    return {"money": ops.money_text, "when": _when, "pretty": pretty, "pretty_text": pretty_text}
+    return {"money": ops.money_text, "when": _when, "pretty": pretty, "pretty_text": pretty_text,
+            "minor_exponent": minor_exponent}
 
 
 # -- pages ---------------------------------------------------------------------------------

@@ -14,13 +14,36 @@
   // Any page: a form is sent once. A second click while the first is on its way is dropped
   // (the server also refuses a refund form sent twice); Back to a kept page re-arms it.
   // One listener on the document, so forms a live refresh swaps in are guarded too.
+  // A form with data-confirm (refunds, a cancel) asks first; "No" sends nothing.
   document.addEventListener("submit", function (event) {
     var form = event.target;
     if (!form || (form.getAttribute("method") || "").toLowerCase() !== "post") return;
     if (form.getAttribute("data-sending")) { event.preventDefault(); return; }
+    var question = confirmation(form);
+    if (question && !window.confirm(question)) { event.preventDefault(); return; }
     form.setAttribute("data-sending", "1");
     form.setAttribute("aria-busy", "true");
   }, true);
+  // The form's question, with the amount typed in as money; none when the amount is not a
+  // whole number (the server then says what is wrong, and nothing is refunded).
+  function confirmation(form) {
+    var question = form.getAttribute("data-confirm");
+    if (!question || question.indexOf("{amount}") < 0) return question;
+    var input = form.querySelector("input[name=amount]");
+    var digits = input ? input.value.trim() : "";
+    if (!/^[0-9]{1,12}$/.test(digits) || !/[1-9]/.test(digits)) return null;
+    return question.replace("{amount}", moneyText(digits, Number(form.getAttribute("data-exponent")),
+                                                   form.getAttribute("data-currency")));
+  }
+
+  // Minor units as "1,234.50 USD", by string arithmetic: never a float.
+  function moneyText(digits, exponent, currency) {
+    digits = digits.replace(/^0+/, "");
+    while (digits.length <= exponent) digits = "0" + digits;
+    var major = digits.slice(0, digits.length - exponent).replace(/\B(?=([0-9]{3})+$)/g, ",");
+    return (exponent ? major + "." + digits.slice(digits.length - exponent) : major) + " " + currency;
+  }
+
   window.addEventListener("pageshow", function () {
     Array.prototype.forEach.call(document.querySelectorAll("form[data-sending]"), function (form) {
       form.removeAttribute("data-sending");

@@ -10,8 +10,9 @@ from sqlalchemy import select
 
 from app.auth import accounts, sessions
 from app.extensions import db
-from app.models import Refund, User
+from app.models import Refund, Transaction, User
 from app.services import refunds
+from app.services.ops import money_text
 from tests.browser.test_checkout_flow import SUCCESS_CARD, checkout, pay_with, screen
 
 pytestmark = pytest.mark.browser
@@ -35,11 +36,19 @@ def paid_transaction(shop_context) -> str:
     return tx_id
 
 
-def detail_page(chromium, live, admin, tx_id):
-    """A fresh staff browser, logged in, on the transaction's page."""
+def detail_page(chromium, live, admin, tx_id, *, answers=(), asked=None):
+    """A fresh staff browser, logged in, on the transaction's page. The page's confirmations
+    are answered from ``answers`` in turn (then yes), their questions kept in ``asked``."""
     context = chromium.new_context(base_url=live.url)
     context.set_default_timeout(15_000)
     page = context.new_page()
+    answers, asked = list(answers), asked if asked is not None else []
+
+    def answer(dialog):
+        asked.append(dialog.message)
+        dialog.accept() if (answers.pop(0) if answers else True) else dialog.dismiss()
+
+    page.on("dialog", answer)
     page.goto("/ops/login")
     page.get_by_label("Email").fill(admin)
     page.get_by_label("Password").fill(PASSWORD)
@@ -121,4 +130,27 @@ def test_an_ended_session_says_so_on_the_open_page(live, chromium, shop_context,
     indicator = page.locator("#live-indicator")
     indicator.filter(has_text="Your session has ended; log in again.").wait_for()
     assert indicator.get_attribute("data-live") == "off"
+    page.context.close()
+
+
+def test_a_refund_asks_first_and_no_sends_nothing(live, chromium, shop_context, admin):
+    tx_id = paid_transaction(shop_context)
+    with live.app.app_context():
+        captured = db.session.get(Transaction, tx_id).amount
+    asked = []
+    page = detail_page(chromium, live, admin, tx_id, answers=[False, True, False], asked=asked)
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and "/ops/" in r.url else None)
+    page.get_by_label(re.compile("^Amount to refund")).fill("1234")
+    page.get_by_role("button", name="Refund", exact=True).click()
+    assert asked == [f"Refund 12.34 USD of payment {tx_id} to the shopper? A refund cannot be undone."]
+    assert not page.locator("form.refund").evaluate("form => form.hasAttribute('data-sending')")
+    assert posts == [] and refund_rows(live, tx_id) == []
+    page.get_by_role("button", name="Refund", exact=True).click()  # asked again: yes
+    page.get_by_text("Refunded 12.34 USD.").wait_for()
+    assert len(asked) == 2 and refund_rows(live, tx_id) == [(1234, "succeeded")]
+    left = money_text(captured - 1234, "USD")
+    page.get_by_role("button", name=f"Refund the remaining {left} in full").click()
+    assert asked[2] == f"Refund the remaining {left} of payment {tx_id} to the shopper? A refund cannot be undone."
+    assert len(posts) == 1 and refund_rows(live, tx_id) == [(1234, "succeeded")]
     page.context.close()

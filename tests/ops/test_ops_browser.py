@@ -130,7 +130,10 @@ def test_admin_finds_a_payment_refunds_part_and_sees_it_live(live):
             expect(page.get_by_role("heading", name=re.compile("Transaction"))).to_contain_text(tx_id)
             expect(page.locator("#txn-summary [data-field=status]")).to_have_text("success")
             page.get_by_label(re.compile("Amount to refund")).fill("1000")
+            asked = []
+            page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
             page.get_by_role("button", name="Refund", exact=True).click()
+            assert asked == [f"Refund 10.00 USD of payment {tx_id} to the shopper? A refund cannot be undone."]
 
             expect(page.get_by_role("status").filter(has_text="Refunded 10.00 USD.")).to_be_visible()
             expect(page.locator("#txn-summary [data-field=status]")).to_have_text("partially refunded")
