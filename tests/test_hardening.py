@@ -2,12 +2,13 @@
 
 import json
 import re
+from html.parser import HTMLParser
 
 import pytest
 import responses
 
 from config import DEV_GATEWAY_API_KEY, DEV_WEBHOOK_SECRET
-from tests.conftest import place_order, post_webhook, start_payment, status_event
+from tests.conftest import TEST_REDIS_URL, place_order, post_webhook, start_payment, status_event
 
 
 def test_security_headers_on_pages_and_json(client):
@@ -88,14 +89,20 @@ def test_readyz_ok_and_failing_when_the_database_is_down(client, make_app):
     assert dead.test_client().get("/healthz").status_code == 200
 
 
-def test_readyz_checks_redis_when_configured(make_app, database_url):
-    from tests.conftest import TEST_REDIS_URL
-
+def test_readyz_fails_when_the_configured_redis_is_down(make_app, database_url):
     broken = make_app(REDIS_URL="redis://127.0.0.1:1/0")
-    assert broken.test_client().get("/readyz").get_json()["checks"]["redis"].startswith("failing")
-    if TEST_REDIS_URL:
-        working = make_app(REDIS_URL=TEST_REDIS_URL)
-        assert working.test_client().get("/readyz").status_code == 200
+    answer = broken.test_client().get("/readyz")
+    assert answer.status_code == 503
+    body = answer.get_json()
+    assert body["error"] == "not_ready" and body["checks"]["redis"].startswith("failing")
+
+
+@pytest.mark.skipif(not TEST_REDIS_URL, reason="Redis readiness check skipped: TEST_REDIS_URL is not set")
+def test_readyz_ok_with_a_working_redis(make_app, database_url):
+    working = make_app(REDIS_URL=TEST_REDIS_URL)
+    answer = working.test_client().get("/readyz")
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["checks"]["redis"] == "ok"
 
 
 def _metric(text: str, name: str, **labels) -> float:
@@ -202,11 +209,51 @@ def test_refused_webhooks_are_rate_limited_but_good_ones_are_not(make_app, datab
     assert post_webhook(client, status_event("txn_unknown", "success", 1)).status_code == 200
 
 
+class _Forms(HTMLParser):
+    """Every <form> of a page: its method, action and the hidden inputs inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.forms: list[dict] = []
+        self._open: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form":
+            self._open = {"method": (attrs.get("method") or "get").lower(), "action": attrs.get("action"),
+                          "hidden": {}}
+            self.forms.append(self._open)
+        elif tag == "input" and self._open is not None and (attrs.get("type") or "").lower() == "hidden":
+            self._open["hidden"][attrs.get("name")] = attrs.get("value")
+
+    def handle_endtag(self, tag):
+        if tag == "form":
+            self._open = None
+
+
+def _forms(html: str) -> list[dict]:
+    parser = _Forms()
+    parser.feed(html)
+    parser.close()
+    return parser.forms
+
+
 def test_every_form_on_every_page_carries_a_csrf_token(client, gateway):
     """Contract section 6: every form carries a hidden csrf_token (ops pages are covered in tests/ops)."""
     order = place_order(client)
-    tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
-    for path in ("/", f"/checkout/{order['order_id']}", f"/payment/{tx_id}", "/payment-status", "/ops/login"):
-        html = client.get(path).get_data(as_text=True)
-        forms = re.findall(r"<form\b.*?</form>", html, re.S)
-        assert all('name="csrf_token"' in form for form in forms), path
+    order_id = order["order_id"]
+    tx_id = start_payment(client, gateway, order_id)["transaction_id"]
+    pages = {  # each page and the form actions it is known to show in this state
+        "/": {"/checkout"},
+        f"/checkout/{order_id}": {f"/checkout/{order_id}/pay"},
+        f"/payment/{tx_id}": {f"/payment/{tx_id}/cancel", f"/checkout/{order_id}/pay"},
+        "/payment-status": {"/payment-status"},
+        "/ops/login": {"/ops/login"},
+    }
+    for path, actions in pages.items():
+        response = client.get(path)
+        assert response.status_code == 200, path
+        forms = _forms(response.get_data(as_text=True))
+        assert {form["action"] for form in forms} == actions, path
+        for form in forms:
+            assert form["hidden"].get("csrf_token"), (path, form)

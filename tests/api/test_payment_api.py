@@ -1,6 +1,10 @@
 """Contract section 3: initiate-payment and check-payment-status."""
 
+import base64
+import itertools
 import json
+import os
+import re
 
 import pytest
 import requests
@@ -28,9 +32,23 @@ def test_initiate_stores_a_pending_transaction_with_the_order_amount(client, gat
 
 
 def test_transaction_ids_are_long_and_random(client, gateway):
-    ids = {start_payment(client, gateway, place_order(client)["order_id"])["transaction_id"] for _ in range(5)}
-    assert len(ids) == 5
-    assert all(len(i) >= 20 and not i.split("_", 1)[1].isdigit() for i in ids)
+    """Contract: transaction_id is unguessable (at least 96 random bits), never a sequential number."""
+    ids = [start_payment(client, gateway, place_order(client)["order_id"])["transaction_id"] for _ in range(20)]
+    assert len(set(ids)) == len(ids)
+    suffixes = []
+    for tx_id in ids:
+        match = re.fullmatch(r"txn_([A-Za-z0-9_-]+)", tx_id)
+        assert match, tx_id
+        suffix = match.group(1)
+        assert len(suffix) % 4 != 1, tx_id  # a whole number of bytes in unpadded base64url
+        assert len(base64.urlsafe_b64decode(suffix + "=" * (-len(suffix) % 4))) * 8 >= 96, tx_id
+        suffixes.append(suffix)
+    # Nothing in them counts up: not in creation order, no shared leading characters (a counter
+    # or a clock would keep those), and every character position varies from id to id.
+    assert ids != sorted(ids) and ids != sorted(ids, reverse=True)
+    assert max(len(os.path.commonprefix([a, b])) for a, b in itertools.combinations(suffixes, 2)) < 6
+    width = min(len(s) for s in suffixes)
+    assert all(len({s[i] for s in suffixes}) > 1 for i in range(width)), suffixes
 
 
 def test_amount_from_the_browser_must_match(client, gateway):
@@ -219,14 +237,32 @@ def _handed_out(*answers) -> dict[str, str]:
 
 
 def test_a_failed_racing_initiation_never_fails_a_payment_whose_page_was_handed_out(app, client, gateway):
+    """The second tab's gateway call fails while the first tab's call for the same payment is
+    still on its way: the second gives the payment up as failed before the first's page is
+    saved, so that page, though the gateway opened it, is never handed out for a dead payment."""
     order_id = place_order(client)["order_id"]
     first, second = _race_two_initiations(app, client, gateway, order_id, second_fails=True)
-    assert second.status_code == 502
-    for tx_id in _handed_out(first, second):  # a page in a shopper's hands belongs to a live payment
-        assert client.get(f"/check-payment-status/{tx_id}").get_json()["status"] == "pending"
-    assert first.status_code == 502  # the payment was given up while its page was being opened
+    assert second.status_code == 502 and second.get_json()["error"] == "gateway_unavailable", second.get_json()
+    assert first.status_code == 502 and first.get_json()["error"] == "gateway_unavailable", first.get_json()
+    tx_id = first.get_json()["transaction_id"]
+    assert second.get_json()["transaction_id"] == tx_id  # both tabs were opening the one payment
+    # The first tab's call did open a page at the gateway, for that payment...
+    opened = [c for c in gateway.calls if isinstance(c.response, requests.Response) and c.response.status_code == 200]
+    assert [c.request.headers["Idempotency-Key"] for c in opened] == [tx_id]
+    page = json.loads(opened[0].response.text)["payment_url"]
+    # ...which nobody was given, and which was not kept on the failed payment.
+    assert _handed_out(first, second) == {}
+    assert page not in first.get_data(as_text=True) + second.get_data(as_text=True)
+    assert client.get(f"/check-payment-status/{tx_id}").get_json()["status"] == "failure"
+    with app.app_context():
+        from app.extensions import db
+        from app.models import Transaction
+
+        assert db.session.get(Transaction, tx_id).payment_url is None
+    assert page not in client.get(f"/payment/{tx_id}").get_data(as_text=True)
     third = client.post("/initiate-payment", json={"order_id": order_id})
-    assert third.status_code == 201 and third.get_json()["transaction_id"] != first.get_json()["transaction_id"]
+    assert third.status_code == 201 and third.get_json()["transaction_id"] != tx_id
+    assert _handed_out(third) == {third.get_json()["transaction_id"]: third.get_json()["payment_url"]}
 
 
 def test_a_failed_gateway_call_hands_out_the_page_a_racing_initiation_opened(app, client, gateway):

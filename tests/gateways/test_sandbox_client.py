@@ -136,18 +136,6 @@ class DripGateway:
         self.server.close()
 
 
-@pytest.fixture
-def drip():
-    made = []
-
-    def start(*args, **kwargs):
-        made.append(DripGateway(*args, **kwargs))
-        return made[-1]
-    yield start
-    for server in made:
-        server.close()
-
-
 @pytest.mark.parametrize("drip_head", [False, True], ids=["body", "status line and headers"])
 def test_an_answer_sent_a_byte_at_a_time_ends_at_the_budget(drip, drip_head):
     """Every byte arrives within the read timeout; the call still ends at its time budget."""

@@ -41,8 +41,9 @@ def test_init_app_twice_starts_one_loop_and_stop_ends_it(app, make_app, stops_th
     make_app(SCHEDULER_ENABLED=True, SCHEDULER_INTERVAL=3600)
     assert loop_threads() == started
 
-    # The next pass is an hour away: only the stop event can end the loop within the timeout.
-    assert scheduler.stop_background(timeout=5)
+    # The next pass is an hour away: only the stop event can end the loop within the timeout
+    # (a generous wait for the thread to finish, far short of the interval, not a speed limit).
+    assert scheduler.stop_background(timeout=60)
     assert loop_threads() == []
     assert not started[0].is_alive()
 

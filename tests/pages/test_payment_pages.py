@@ -140,6 +140,15 @@ def test_unknown_transaction_page_is_404(client):
 
 # -- the return from the gateway -----------------------------------------------------------
 
+@pytest.fixture
+def patient_return_check(monkeypatch):
+    """The page waits for its return check as long as it takes (the mocked gateway answers at
+    once, so nothing slows down): what it shows never depends on how fast a loaded machine runs
+    the check within the production 2 s window."""
+    monkeypatch.setattr(pages, "RETURN_CHECK_WAIT_SECONDS", 30.0)
+
+
+@pytest.mark.usefixtures("patient_return_check")
 def test_return_asks_the_gateway_once_and_shows_the_result(app, client, gateway, order_id):
     tx_id = pay_through_pages(client, gateway, order_id)
     gateway_status(gateway, tx_id, "success", 1999)
@@ -150,6 +159,7 @@ def test_return_asks_the_gateway_once_and_shows_the_result(app, client, gateway,
     assert calls_to(gateway, f"/status/{tx_id}") == 1
 
 
+@pytest.mark.usefixtures("patient_return_check")
 def test_return_check_is_rate_limited_per_transaction(client, gateway, order_id):
     tx_id = pay_through_pages(client, gateway, order_id)
     gateway_status(gateway, tx_id, "pending", 1999)
@@ -164,6 +174,7 @@ def test_plain_visits_do_not_ask_the_gateway(client, gateway, order_id):
     assert calls_to(gateway, "/status/") == 0
 
 
+@pytest.mark.usefixtures("patient_return_check")
 def test_cancel_at_the_gateway_shows_the_cancelled_screen(client, gateway, order_id):
     tx_id = pay_through_pages(client, gateway, order_id)
     gateway_status(gateway, tx_id, "cancelled", 1999)

@@ -125,3 +125,12 @@ class Receiver:
         self._server.shutdown()
         self._thread.join(5)
         self._server.server_close()
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    """Wait for a condition the test cannot be told about (a row another thread writes)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.02)

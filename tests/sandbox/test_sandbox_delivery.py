@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy import select
 
 from app.sandbox.models import Delivery
 
-from .support import WEBHOOK_SECRET, Shopper
+from .support import WEBHOOK_SECRET, Shopper, wait_until
 
 
 def verified(request: dict) -> dict:
@@ -22,14 +23,6 @@ def verified(request: dict) -> dict:
 def rows(app) -> list[Delivery]:
     with app.extensions["sandbox"].storage.session() as db:
         return list(db.scalars(select(Delivery).order_by(Delivery.id)))
-
-
-def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -145,8 +138,17 @@ def test_the_worker_never_runs_twice_for_one_storage(live, make_app):
 
 
 def test_stop_leaves_queued_deliveries_in_storage(live):
-    live.extensions["sandbox"].stop()
+    runtime = live.extensions["sandbox"]
+    worker_threads = [t for t in threading.enumerate() if t.name == "sandbox-delivery"]
+    assert len(worker_threads) == 1
+    runtime.stop()
+    # stop() returns once the thread has ended: nothing can send the webhook queued below.
+    assert not worker_threads[0].is_alive() and not runtime.worker.running
     shopper = Shopper(live.test_client())
     shopper.pay(shopper.session_id("tx_1", callback_url="http://127.0.0.1:9/x"))
-    time.sleep(0.15)
-    assert [(r.state, r.attempts) for r in rows(live)] == [("queued", 0)]
+    assert shopper.status("tx_1") == "success"
+    [queued] = rows(live)
+    assert (queued.event_status, queued.state, queued.attempts) == ("success", "queued", 0)
+    # Kept for the next worker: started again, it picks the delivery up (port 9 refuses it).
+    assert runtime.start_worker()
+    wait_until(lambda: rows(live)[0].attempts >= 1)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 import standardwebhooks
 from sqlalchemy import select
 
-from app.sandbox.models import Delivery
+from app.sandbox import delivery
+from app.sandbox.models import Delivery, utcnow
 
-from .support import ADMIN, API_KEY, AUTH, WEBHOOK_SECRET, Shopper
+from .support import ADMIN, API_KEY, AUTH, WEBHOOK_SECRET, Shopper, wait_until
 
 
 def set_faults(client, **knobs):
@@ -27,6 +29,11 @@ def statuses(requests) -> list[str]:
 def states(app) -> list[tuple[str, str]]:
     with app.extensions["sandbox"].storage.session() as db:
         return [(d.event_status, d.state) for d in db.scalars(select(Delivery).order_by(Delivery.id))]
+
+
+def deliveries(runtime) -> list[Delivery]:
+    with runtime.storage.session() as db:
+        return list(db.scalars(select(Delivery).order_by(Delivery.id)))
 
 
 @pytest.fixture
@@ -103,15 +110,31 @@ def test_deliver_twice(live, live_shopper, receiver):
     assert first["body"] == second["body"] and statuses([first, second]) == ["success", "success"]
 
 
-def test_delay_webhook(live, live_shopper, receiver):
+def test_delay_webhook(runtime, shopper, receiver):
+    """The delayed webhook is stored with its not-before time, is not sent before it, then is sent."""
     hook = receiver()
-    set_faults(live_shopper.client, delay_webhook_seconds=0.5)
-    started = time.monotonic()
-    live_shopper.pay(live_shopper.session_id("tx_1", callback_url=hook.url))
-    time.sleep(0.3)
-    assert hook.requests == []
+    set_faults(shopper.client, delay_webhook_seconds=0.5)
+    started = time.monotonic()  # taken first: no later than ``before`` on the wall clock
+    before = utcnow()
+    shopper.pay(shopper.session_id("tx_1", callback_url=hook.url))
+    after = utcnow()
+    (queued,) = deliveries(runtime)
+    assert (queued.event_status, queued.state, queued.attempts) == ("success", "queued", 0)
+    assert queued.note == "delayed 0.5s by fault knob"
+    not_before = queued.next_attempt_at
+    assert before + timedelta(seconds=0.5) <= not_before <= after + timedelta(seconds=0.5)
+    # A pass just before that moment sends nothing (the worker is off: the test says when "now" is).
+    assert delivery.deliver_due(runtime, now=not_before - timedelta(milliseconds=1)) == 0
+    assert hook.requests == [] and [(d.state, d.attempts) for d in deliveries(runtime)] == [("queued", 0)]
+    # The worker, started now, sends it once it is due: once, and not before its time.
+    assert runtime.start_worker()
     (request,) = hook.wait_for(1)
+    assert statuses([request]) == ["success"]
     assert request["at"] - started >= 0.5
+    wait_until(lambda: deliveries(runtime)[0].state == "delivered")  # written once the receiver answered
+    (sent,) = deliveries(runtime)
+    assert sent.attempts == 1 and sent.delivered_at >= not_before
+    assert len(hook.requests) == 1
 
 
 def test_out_of_order_stale_failure_after_success(live, live_shopper, receiver):

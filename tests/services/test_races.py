@@ -5,12 +5,36 @@ import uuid
 
 from sqlalchemy import func, select
 
-from app.domain.status import Status
+from app.domain.status import Outcome, Status
 from app.extensions import db
 from app.models import TransactionEvent, WebhookEvent
 from app.services.status_moves import apply_status
 from tests import fulfillment_probe
 from tests.conftest import place_order, sign, start_payment, status_event
+
+
+def run_together(calls) -> list:
+    """Run each ``(function, *args)`` in its own thread; return their results in order.
+
+    Every exception raised in any thread is collected and fails the test, as does a thread
+    still running after the join.
+    """
+    results, errors = [None] * len(calls), []
+
+    def run(index, function, args):
+        try:
+            results[index] = function(*args)
+        except BaseException as exc:  # reported below, with the thread's call
+            errors.append((function.__name__, args, exc))
+
+    threads = [threading.Thread(target=run, args=(i, call[0], call[1:])) for i, call in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not [t for t in threads if t.is_alive()], "threads still running after 60 s"
+    assert errors == []
+    return results
 
 
 def test_twenty_threads_of_success_webhooks_fulfill_once(app, client, gateway):
@@ -20,37 +44,29 @@ def test_twenty_threads_of_success_webhooks_fulfill_once(app, client, gateway):
     shared_id = f"msg_{uuid.uuid4().hex}"
     # Half the deliveries repeat one webhook-id (gateway retries), half are distinct events.
     deliveries = [sign(event, msg_id=shared_id if i % 2 else None) for i in range(24)]
-    barrier = threading.Barrier(len(deliveries) + 2)
-    answers, statuses, errors = [], [], []
+    barrier = threading.Barrier(len(deliveries) + 2, timeout=30)
 
     def deliver(raw, headers):
         c = app.test_client()
         barrier.wait()
-        try:
-            answers.append(c.post("/payment-callback", data=raw, headers=headers).status_code)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        return c.post("/payment-callback", data=raw, headers=headers).status_code
 
     def poll():
         c = app.test_client()
         barrier.wait()
-        for _ in range(10):
-            statuses.append(c.get(f"/check-payment-status/{tx_id}").get_json()["status"])
+        return [c.get(f"/check-payment-status/{tx_id}").get_json()["status"] for _ in range(10)]
 
     def ops_move():
         barrier.wait()
         with app.app_context():
-            apply_status(tx_id, Status.SUCCESS, source="poller")
+            return apply_status(tx_id, Status.SUCCESS, source="poller")
 
-    threads = [threading.Thread(target=deliver, args=d) for d in deliveries]
-    threads += [threading.Thread(target=poll), threading.Thread(target=ops_move)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    *answers, statuses, moved = run_together([(deliver, *d) for d in deliveries] + [(poll,), (ops_move,)])
     assert answers == [200] * len(deliveries)
-    assert set(statuses) <= {"pending", "success"}
+    assert len(statuses) == 10 and set(statuses) <= {"pending", "success"}
+    # One poller asks one after another: once it has seen success it never sees pending again.
+    assert statuses == sorted(statuses, key=["pending", "success"].index)
+    assert moved.transaction_id == tx_id and moved.decision.outcome in (Outcome.APPLIED, Outcome.NOOP)
     assert fulfillment_probe.calls == [(order["order_id"], tx_id)]
     with app.app_context():
         applied = db.session.scalar(select(func.count()).select_from(TransactionEvent).where(
@@ -59,29 +75,30 @@ def test_twenty_threads_of_success_webhooks_fulfill_once(app, client, gateway):
         assert applied == 1
         # 12 distinct events plus the one shared id
         assert db.session.scalar(select(func.count()).select_from(WebhookEvent)) == 13
+    assert client.get(f"/check-payment-status/{tx_id}").get_json()["status"] == "success"
     assert client.get(f"/api/orders/{order['order_id']}").get_json()["status"] == "fulfilled"
 
 
 def test_racing_success_and_failure_end_in_one_consistent_state(app, client, gateway):
+    paid = []
     for _ in range(3):
         order = place_order(client)
         tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
-        barrier = threading.Barrier(10)
+        paid.append((order["order_id"], tx_id))
+        barrier = threading.Barrier(10, timeout=30)
 
         def move(target):
             barrier.wait()
             with app.app_context():
-                apply_status(tx_id, target, source="webhook")
+                return apply_status(tx_id, target, source="webhook")
 
         targets = [Status.SUCCESS, Status.FAILURE, Status.EXPIRED, Status.CANCELLED, Status.SUCCESS] * 2
-        threads = [threading.Thread(target=move, args=(t,)) for t in targets]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        results = run_together([(move, t) for t in targets])
+        assert [r.transaction_id for r in results] == [tx_id] * len(targets)
         # Whatever won first, a success is never dropped: it ends in success, fulfilled once.
+        assert any(r.applied and r.decision.target == Status.SUCCESS for r in results)
         assert client.get(f"/check-payment-status/{tx_id}").get_json()["status"] == "success"
-    assert len(fulfillment_probe.calls) == 3
+    assert fulfillment_probe.calls == paid
 
 
 def test_join_never_misses_a_change_committed_while_joining(app, client, gateway, monkeypatch):
