@@ -47,6 +47,15 @@ def _flag(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+class ConfigurationError(RuntimeError):
+    """A setting the app cannot start with. Said in one line (wsgi.py), never as a traceback."""
+
+
+# Settings that did not parse, kept when this module is read and raised by config_by_name, so
+# importing the configuration never fails and every entry point reports them the same way.
+_UNPARSED: list[str] = []
+
+
 def _int(name: str, default: int) -> int:
     value = _env(name)
     if value is None:
@@ -54,14 +63,16 @@ def _int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise SystemExit(f"configuration error: {name} must be a whole number, got {value!r}") from None
+        _UNPARSED.append(f"{name} must be a whole number, got {value!r}.")
+        return default
 
 
 class Config:
     """Development configuration: SQLite file and the built-in sandbox gateway."""
 
     ENV_NAME = "development"
-    SECRET_KEY = _env("SECRET_KEY") or secrets.token_hex(32)
+    # Without SECRET_KEY: random per server (gunicorn.conf.py draws one for all its workers).
+    SECRET_KEY = _env("SECRET_KEY") or _env("CHECKOUT_DEV_SECRET_KEY") or secrets.token_hex(32)
     SQLALCHEMY_DATABASE_URI = _env("DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'checkout.db'}")
     # A pool larger than SQLAlchemy's default 5+10: one gevent worker serves many requests at once.
     SQLALCHEMY_ENGINE_OPTIONS: dict = (
@@ -101,6 +112,10 @@ class Config:
     RATELIMIT_LOOKUP = _env("RATELIMIT_LOOKUP", "10/minute")
     RATELIMIT_WEBHOOK_FAILURES = _env("RATELIMIT_WEBHOOK_FAILURES", "60/minute")
     RATELIMIT_HEADERS_ENABLED = True
+    # Redis down must not take checkout down with it: the limits fall back to this process's
+    # memory until Redis answers again, and a limiter fault never fails a request.
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    RATELIMIT_SWALLOW_ERRORS = True
     # Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (0: none).
     PROXY_FIX_HOPS = _int("PROXY_FIX_HOPS", 0)
     # prometheus_client's multiprocess directory (it reads the variable itself too).
@@ -168,6 +183,8 @@ class ProductionConfig(Config):
         found = []
         if not _env("SECRET_KEY"):
             found.append("SECRET_KEY must be set.")
+        elif len(_env("SECRET_KEY").strip()) < 32:
+            found.append("SECRET_KEY must be at least 32 characters of random text.")
         if not _env("DATABASE_URL") or cls.SQLALCHEMY_DATABASE_URI.startswith("sqlite"):
             found.append("DATABASE_URL must point at PostgreSQL, not SQLite.")
         # Compared the way they are used: the key stripped, the secret as its space-separated
@@ -177,6 +194,8 @@ class ProductionConfig(Config):
             found.append("PAYMENT_GATEWAY_API_KEY must be the real gateway key.")
         if DEV_WEBHOOK_SECRET in (cls.PAYMENT_WEBHOOK_SECRET or "").split():
             found.append("PAYMENT_WEBHOOK_SECRET must be the real webhook secret, without the development one.")
+        elif not all(secret.startswith("whsec_") for secret in (cls.PAYMENT_WEBHOOK_SECRET or "").split()):
+            found.append("PAYMENT_WEBHOOK_SECRET must be whsec_ followed by base64, as the gateway gives it.")
         if _origin(cls.PAYMENT_GATEWAY_URL) == _origin(DEV_SANDBOX_URL):
             found.append("PAYMENT_GATEWAY_URL must be the real gateway.")
         return found
@@ -186,5 +205,12 @@ CONFIGS = {"development": Config, "testing": TestConfig, "production": Productio
 
 
 def config_by_name(name: str | None = None) -> type[Config]:
-    """The configuration class named by APP_ENV (development when unset)."""
-    return CONFIGS.get((name or _env("APP_ENV", "development")).lower(), Config)
+    """The configuration class named by APP_ENV (development when unset); raises
+    ConfigurationError for a name it does not know (a typo must not run production as
+    development) or for settings that did not parse."""
+    name = (name or _env("APP_ENV", "development")).strip().lower()
+    if name not in CONFIGS:
+        raise ConfigurationError(f"configuration error: APP_ENV must be development or production, got {name!r}.")
+    if _UNPARSED:
+        raise ConfigurationError("configuration error: " + " ".join(_UNPARSED))
+    return CONFIGS[name]

@@ -12,6 +12,7 @@ only the Redis message queue lets several processes share them.
 import json
 import multiprocessing
 import os
+import secrets
 
 import gunicorn.util
 
@@ -25,6 +26,11 @@ if os.environ.get("REDIS_URL"):
     workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count())))
 else:
     workers = 1
+# Development without SECRET_KEY draws a random key per process: several workers must share
+# one, or a form signed by one worker is refused by the next. One is drawn here, in the master,
+# before the workers fork. Production ignores it and still refuses to start without SECRET_KEY.
+if workers > 1 and not os.environ.get("SECRET_KEY"):
+    os.environ["CHECKOUT_DEV_SECRET_KEY"] = secrets.token_hex(32)
 timeout = 60
 graceful_timeout = 30  # in-flight webhooks and gateway calls get this long to finish on SIGTERM
 keepalive = 5

@@ -9,6 +9,6 @@ if os.environ.get("CHECKOUT_GEVENT") == "1":
 
     monkey.patch_all()
 
-from app import create_app  # noqa: E402
+from app import create_app_or_exit  # noqa: E402
 
-app = create_app()
+app = create_app_or_exit()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 
 from flask import Flask
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from app.bounded_json import BoundedJSONProvider
-from config import INSTANCE_DIR, Config, config_by_name
+from config import INSTANCE_DIR, Config, ConfigurationError, config_by_name
 
 
 def _configure_logging(app: Flask) -> None:
@@ -20,6 +22,9 @@ def _configure_logging(app: Flask) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("app").setLevel(level)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # urllib3 warns of each gateway retry without saying which payment: the gateway client logs
+    # the call's outcome with the transaction id instead.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 class _DroppedSocketMessage(logging.Filter):
@@ -29,6 +34,8 @@ class _DroppedSocketMessage(logging.Filter):
     our own event handlers never get here: app.realtime logs them, with their traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().endswith("is not an accepted origin."):  # any page elsewhere can cause it
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         if record.exc_info and record.getMessage().endswith("handler error"):
             record.msg, record.args = "socket.io: dropped a message that could not be handled (%s)", (
                 type(record.exc_info[1]).__name__,)
@@ -59,6 +66,17 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _check_database_url(url: str) -> None:
+    """A DATABASE_URL SQLAlchemy cannot use stops the start, in one line."""
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        scheme = url.split(":", 1)[0] if ":" in url else "none"
+        raise ConfigurationError(f"configuration error: DATABASE_URL is not a database URL this app can use "
+                                 f"(scheme {scheme!r}: {type(exc).__name__}); use postgresql+psycopg://USER@HOST/DB "
+                                 "or sqlite:///PATH.") from None
+
+
 def create_app(config: type[Config] | dict | None = None) -> Flask:
     """Build the app from a config class (or a dict of overrides on the environment's class)."""
     app = Flask(__name__, instance_path=str(INSTANCE_DIR), template_folder="../templates",
@@ -72,7 +90,8 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
         app.config["SESSION_COOKIE_SECURE"] = app.config["REMEMBER_COOKIE_SECURE"] = True
     found = base.problems() if hasattr(base, "problems") else []
     if found:
-        raise SystemExit("refusing to start in production: " + " ".join(found))
+        raise ConfigurationError("refusing to start in production: " + " ".join(found))
+    _check_database_url(app.config["SQLALCHEMY_DATABASE_URI"])
     INSTANCE_DIR.mkdir(exist_ok=True)
     _configure_logging(app)
 
@@ -85,6 +104,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     csrf.init_app(app)
     login_manager.init_app(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    http.retry_after_only_on_refusals(app)
     limiter.init_app(app)
     # Flask-SocketIO keeps the message-queue client from an earlier init_app in this process
     # (only tests build several apps): start from none so REDIS_URL alone decides.
@@ -129,4 +149,29 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     def _release_session(_exc):
         db.session.remove()
 
+    _check_fulfillment_handler(app.config["FULFILLMENT_HANDLER"])
     return app
+
+
+def _check_fulfillment_handler(path: str) -> None:
+    """A FULFILLMENT_HANDLER that names nothing callable stops the start: found after shoppers
+    paid, every paid order would wait for a fix."""
+    from app.services.fulfillment import load_handler
+
+    try:
+        load_handler(path)
+    except Exception as exc:  # whatever importing someone's module raises
+        raise ConfigurationError(f"configuration error: FULFILLMENT_HANDLER {path!r} cannot be loaded "
+                                 f"({type(exc).__name__}: {exc}).") from None
+
+
+def create_app_or_exit() -> Flask:
+    """``create_app()`` for the entry points (wsgi.py, the development server): a setting it
+    cannot start with is said in one line, without a traceback, and exits with status 3,
+    gunicorn's "worker failed to boot", so its master stops instead of restarting a worker
+    that can never start several times a second."""
+    try:
+        return create_app()
+    except ConfigurationError as refusal:
+        print(refusal, file=sys.stderr, flush=True)
+        raise SystemExit(3) from None

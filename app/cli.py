@@ -9,6 +9,12 @@ from flask.cli import AppGroup
 shop_cli = AppGroup("shop", help="Catalog and demo data.")
 
 
+def unreachable(exc) -> click.ClickException:
+    """The sentence for a database that did not answer (an OperationalError), for any command."""
+    first_line = str(exc.orig).strip().splitlines()[0] if getattr(exc, "orig", None) else type(exc).__name__
+    return click.ClickException(f"cannot reach the database: {first_line}")
+
+
 def require_schema() -> None:
     """Stop with a sentence, not a traceback, when the database is unreachable or not migrated."""
     from sqlalchemy import inspect
@@ -19,8 +25,7 @@ def require_schema() -> None:
     try:
         migrated = inspect(db.engine).has_table("transactions")
     except OperationalError as exc:
-        first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        raise click.ClickException(f"cannot reach the database: {first_line}") from None
+        raise unreachable(exc) from None
     if not migrated:
         raise click.ClickException("the database has no tables yet: run `flask --app wsgi db upgrade` first")
 

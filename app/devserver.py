@@ -38,10 +38,10 @@ def start_sandbox(app):
 
 def main() -> None:
     """Start the sandbox (when used) and serve the app with Socket.IO until interrupted."""
-    from app import create_app
+    from app import create_app_or_exit
     from app.extensions import socketio
 
-    app = create_app()
+    app = create_app_or_exit()
     sandbox = start_sandbox(app)
     if sandbox is not None:
         log.info("sandbox gateway: %s (dashboard at %s/_admin/)", sandbox.url, sandbox.url)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 from flask import Blueprint, Response, current_app, jsonify
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 
 from app import metrics
 from app.domain.status import Status
@@ -24,12 +25,33 @@ def healthz():
 
 
 def _check_database() -> str | None:
+    """None when the database answers and holds this code's schema: its migration is the
+    newest this code has (or, without migrations, every table exists)."""
     try:
         db.session.execute(text("SELECT 1"))
+        tables = set(inspect(db.engine).get_table_names())
+        if "alembic_version" in tables:
+            at = set(db.session.scalars(text("SELECT version_num FROM alembic_version")))
+            if at != _migration_heads():
+                return f"schema at {', '.join(sorted(at)) or 'no migration'}, this code needs " \
+                       f"{', '.join(sorted(_migration_heads()))}: run flask --app wsgi db upgrade"
+        missing = set(db.metadata.tables) - tables
+        if missing:
+            return f"{len(missing)} table(s) missing: run flask --app wsgi db upgrade"
         return None
     except Exception as exc:  # any driver error means "not ready"
         db.session.rollback()
         return type(exc).__name__
+    finally:
+        db.session.rollback()  # no transaction left open by a probe
+
+
+@lru_cache(maxsize=1)
+def _migration_heads() -> frozenset[str]:
+    """The newest migration(s) this code ships, read once."""
+    from alembic.script import ScriptDirectory
+
+    return frozenset(ScriptDirectory(current_app.extensions["migrate"].directory).get_heads())
 
 
 def _check_redis(url: str) -> str | None:

@@ -113,6 +113,18 @@ def json_body(model: type[Model]) -> Model:
                            {"fields": problems}) from None
 
 
+def retry_after_only_on_refusals(app: Flask) -> None:
+    """Flask-Limiter adds Retry-After to every response of a limited route; it means "wait"
+    only on a 429 (or a 503), so it is dropped from the others. Registered before the limiter:
+    after-request functions run in reverse order, so this one sees the limiter's headers."""
+
+    @app.after_request
+    def _drop_retry_after(response):
+        if response.status_code not in (429, 503):
+            response.headers.pop("Retry-After", None)
+        return response
+
+
 def init_app(app: Flask) -> None:
     """Register the error handlers on ``app``, and refuse NUL characters before any route runs."""
 

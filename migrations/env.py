@@ -2,6 +2,7 @@ import logging
 from logging.config import fileConfig
 
 from flask import current_app
+from sqlalchemy.exc import OperationalError
 
 from alembic import context
 
@@ -95,8 +96,14 @@ def run_migrations_online():
         conf_args["process_revision_directives"] = process_revision_directives
 
     connectable = get_engine()
+    try:
+        connection = connectable.connect()
+    except OperationalError as exc:  # said in one line by the command, not as a traceback
+        from app.cli import unreachable
 
-    with connectable.connect() as connection:
+        raise unreachable(exc) from None
+
+    with connection:
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),

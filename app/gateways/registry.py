@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask, current_app
 
 from app.gateways.base import PaymentGateway
+from config import ConfigurationError
 
 
 def build_gateway(app: Flask) -> PaymentGateway:
@@ -14,7 +15,7 @@ def build_gateway(app: Flask) -> PaymentGateway:
         from app.gateways.sandbox_client import SandboxGateway
 
         return SandboxGateway.from_config(app.config)
-    raise RuntimeError(f"configuration error: unknown PAYMENT_GATEWAY {name!r} (known: sandbox)")
+    raise ConfigurationError(f"configuration error: unknown PAYMENT_GATEWAY {name!r} (known: sandbox)")
 
 
 def init_app(app: Flask) -> None:

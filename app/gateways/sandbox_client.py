@@ -43,6 +43,7 @@ from app.gateways.base import (
 )
 from app.metrics import GATEWAY_SECONDS
 from app.models.clock import iso
+from config import ConfigurationError
 
 log = logging.getLogger(__name__)
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -103,12 +104,12 @@ class SandboxGateway:
     ):
         self.base_url = base_url.rstrip("/")
         if not webhook_secrets:
-            raise RuntimeError("configuration error: PAYMENT_WEBHOOK_SECRET is empty")
+            raise ConfigurationError("configuration error: PAYMENT_WEBHOOK_SECRET is empty")
         for number, secret in enumerate(webhook_secrets, 1):
             try:  # refuse a malformed secret at start-up, not with a fault on every webhook
                 signing.decode_secret(secret)
             except ValueError as exc:
-                raise RuntimeError(f"configuration error: PAYMENT_WEBHOOK_SECRET, secret {number} of "
+                raise ConfigurationError(f"configuration error: PAYMENT_WEBHOOK_SECRET, secret {number} of "
                                    f"{len(webhook_secrets)}: {exc} (expected whsec_ followed by base64)") from None
         self.webhook_secrets = webhook_secrets
         self.timeout = (connect_timeout, read_timeout)

@@ -138,7 +138,8 @@ def run_pass(
         db.session.rollback()
         log.exception("housekeeping failed")
     summary.duration = time.monotonic() - started
-    log.info(summary.line())
+    # A pass that found nothing to do is not news: every worker runs one a minute.
+    log.log(logging.INFO if summary.due or summary.errors or summary.fulfilled else logging.DEBUG, summary.line())
     return summary
 
 

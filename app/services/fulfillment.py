@@ -40,7 +40,7 @@ _FINISH = (  # built once: it runs after every paid order's handler; only the cl
 
 def log_fulfillment(order_id: str, transaction_id: str) -> None:
     """The built-in handler: records that the order would ship now."""
-    log.info("order=%s txn=%s fulfilled (built-in handler: nothing to ship)", order_id, transaction_id)
+    log.info("order=%s txn=%s built-in fulfillment handler: nothing to ship", order_id, transaction_id)
 
 
 def load_handler(path: str) -> Callable[[str, str], object]:

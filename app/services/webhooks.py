@@ -95,7 +95,7 @@ def receive(verified: VerifiedEvent | WebhookRejected, body: bytes, remote_addr:
         db.session.rollback()
         if "webhook_events" not in str(exc.orig) and DEDUP_KEY not in str(exc.orig):
             raise
-        log.info("webhook %s duplicate, ignored", event.webhook_id)
+        log.info("txn=%s webhook %s duplicate, ignored", event.transaction_id, event.webhook_id)
         WEBHOOKS.labels("duplicate").inc()
         return WebhookOutcome(True, "duplicate", "Already received.")
     WEBHOOKS.labels(outcome).inc()
@@ -118,6 +118,8 @@ def _apply(event: VerifiedEvent, summary: dict, store: Callable[[str], None]) ->
                         detail=summary)
         store("ignored")
         db.session.commit()
+        log.info("txn=%s webhook %s ignored: %.64s without a status this app knows", tx.id, event.webhook_id,
+                 event.event_type)
         return "ignored"
     timeline.record(tx.id, "webhook", "webhook", f"webhook: gateway says {event.status.value}", outcome="received",
                     detail=summary)
