@@ -99,7 +99,10 @@ def test_readyz_fails_when_the_configured_redis_is_down(make_app, database_url):
 
 @pytest.mark.skipif(not TEST_REDIS_URL, reason="Redis readiness check skipped: TEST_REDIS_URL is not set")
 def test_readyz_ok_with_a_working_redis(make_app, database_url):
+    from tests.conftest import prepare_database
+
     working = make_app(REDIS_URL=TEST_REDIS_URL)
+    prepare_database(working, database_url)  # readiness also needs the schema
     answer = working.test_client().get("/readyz")
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["checks"]["redis"] == "ok"
