@@ -24,8 +24,8 @@ def serve(host: str, port: int) -> None:
     """Serve the gateway API, hosted page and dashboard until Ctrl-C."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    click.echo(f"Sandbox gateway on http://{host}:{port} (dashboard: /_admin/). Ctrl-C stops it.")
-    try:
-        server.serve_forever(host, port)
+    try:  # said once the port is bound: a busy port gets only the error
+        server.serve_forever(host, port, on_ready=lambda url: click.echo(
+            f"Sandbox gateway on {url} (dashboard: /_admin/). Ctrl-C stops it."))
     except OSError as exc:
         raise click.ClickException(f"Cannot serve on {host}:{port}: {exc.strerror or exc}") from None

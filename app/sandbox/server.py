@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+from typing import Callable
 
 from werkzeug.serving import make_server
 
@@ -77,10 +78,15 @@ def serve_in_thread(host: str = "127.0.0.1", port: int = 5001, settings: dict | 
     return running
 
 
-def serve_forever(host: str = "127.0.0.1", port: int = 5001, settings: dict | None = None) -> None:
-    """Serve the sandbox in the foreground until interrupted (Ctrl-C)."""
+def serve_forever(host: str = "127.0.0.1", port: int = 5001, settings: dict | None = None,
+                  on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve the sandbox in the foreground until interrupted (Ctrl-C); ``on_ready`` is given
+    its public URL once the port is bound."""
     app, server = _bind(host, port, settings)
-    log.info("sandbox gateway serving at %s", app.extensions["sandbox"].settings["SANDBOX_PUBLIC_URL"])
+    url = app.extensions["sandbox"].settings["SANDBOX_PUBLIC_URL"]
+    log.info("sandbox gateway serving at %s", url)
+    if on_ready:
+        on_ready(url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

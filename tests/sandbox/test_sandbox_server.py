@@ -75,13 +75,26 @@ def test_busy_port_leaves_nothing_running(served, settings):
 
 def test_cli_serve_runs_in_the_foreground(monkeypatch):
     calls = []
-    monkeypatch.setattr(server, "serve_forever", lambda host, port: calls.append((host, port)))
+
+    def serve_forever(host, port, on_ready):
+        calls.append((host, port))
+        on_ready(f"http://{host}:{port}")
+
+    monkeypatch.setattr(server, "serve_forever", serve_forever)
     result = CliRunner().invoke(cli.sandbox, ["serve", "--port", "5999", "--host", "0.0.0.0"])
     assert result.exit_code == 0, result.output
     assert calls == [("0.0.0.0", 5999)]
+    assert "Sandbox gateway on http://0.0.0.0:5999 (dashboard: /_admin/)" in result.output
     assert CliRunner().invoke(cli.sandbox, ["serve"]).exit_code == 0 and calls[-1] == ("127.0.0.1", 5001)
 
 
 def test_cli_refuses_a_bad_port():
     result = CliRunner().invoke(cli.sandbox, ["serve", "--port", "99999"])
     assert result.exit_code == 2
+
+
+def test_cli_on_a_busy_port_says_only_that(served):
+    result = CliRunner().invoke(cli.sandbox, ["serve", "--port", str(served.port)])
+    assert result.exit_code == 1
+    assert f"Cannot serve on 127.0.0.1:{served.port}" in result.output
+    assert "Sandbox gateway on" not in result.output  # it never served, so it never said it would
