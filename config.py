@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
@@ -63,7 +65,9 @@ def _int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        _UNPARSED.append(f"{name} must be a whole number, got {value!r}.")
+        message = f"{name} must be a whole number, got {value!r}."
+        if message not in _UNPARSED:  # a setting read by two classes is said once
+            _UNPARSED.append(message)
         return default
 
 
@@ -202,6 +206,21 @@ class ProductionConfig(Config):
 
 
 CONFIGS = {"development": Config, "testing": TestConfig, "production": ProductionConfig}
+
+
+def refuse_unusable(base: type[Config]) -> None:
+    """Raise ConfigurationError when ``base`` (production) finds problems in its settings."""
+    found = base.problems() if hasattr(base, "problems") else []
+    if found:
+        raise ConfigurationError("refusing to start in production: " + " ".join(found))
+
+
+def exit_refusing(refusal: ConfigurationError) -> NoReturn:
+    """Say the refusal in one line, without a traceback, and exit with status 3: gunicorn's
+    "worker failed to boot", which stops its master instead of restarting a worker that can
+    never start several times a second (and tells a supervisor not to restart it either)."""
+    print(refusal, file=sys.stderr, flush=True)
+    raise SystemExit(3)
 
 
 def config_by_name(name: str | None = None) -> type[Config]:

@@ -29,7 +29,7 @@ else:
 # Development without SECRET_KEY draws a random key per process: several workers must share
 # one, or a form signed by one worker is refused by the next. One is drawn here, in the master,
 # before the workers fork. Production ignores it and still refuses to start without SECRET_KEY.
-if workers > 1 and not os.environ.get("SECRET_KEY"):
+if not os.environ.get("SECRET_KEY"):  # whatever the worker count, -w on the command line included
     os.environ["CHECKOUT_DEV_SECRET_KEY"] = secrets.token_hex(32)
 timeout = 60
 graceful_timeout = 30  # in-flight webhooks and gateway calls get this long to finish on SIGTERM
@@ -38,6 +38,19 @@ control_socket_disable = True  # several instances on one machine must not share
 accesslog = "-"
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def on_starting(_server):
+    """What the environment alone says the app cannot start with (an unknown APP_ENV, a number
+    that is not one, production's refusals) stops gunicorn here, in the master, before any
+    worker: one line and status 3, however many workers. Only config.py is imported, which
+    loads nothing a gevent worker must patch first."""
+    from config import ConfigurationError, config_by_name, exit_refusing, refuse_unusable
+
+    try:
+        refuse_unusable(config_by_name())
+    except ConfigurationError as refusal:
+        exit_refusing(refusal)
 
 
 # A request gunicorn cannot parse (bad header bytes, a request line or headers too long, a

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import sys
 
 from flask import Flask
 from sqlalchemy import event
@@ -12,7 +11,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from app.bounded_json import BoundedJSONProvider
-from config import INSTANCE_DIR, Config, ConfigurationError, config_by_name
+from config import INSTANCE_DIR, Config, ConfigurationError, config_by_name, exit_refusing, refuse_unusable
 
 
 def _configure_logging(app: Flask) -> None:
@@ -23,8 +22,17 @@ def _configure_logging(app: Flask) -> None:
     logging.getLogger("app").setLevel(level)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # urllib3 warns of each gateway retry without saying which payment: the gateway client logs
-    # the call's outcome with the transaction id instead.
-    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    # the call's outcome with the transaction id instead. Its other warnings (a full pool) stay.
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _RetryNoise) for f in pool_log.filters):
+        pool_log.addFilter(_RetryNoise())
+
+
+class _RetryNoise(logging.Filter):
+    """Drops urllib3's "Retrying (...)" lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Retrying")
 
 
 class _DroppedSocketMessage(logging.Filter):
@@ -34,7 +42,7 @@ class _DroppedSocketMessage(logging.Filter):
     our own event handlers never get here: app.realtime logs them, with their traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().endswith("is not an accepted origin."):  # any page elsewhere can cause it
+        if "is not an accepted origin." in record.getMessage():  # any page elsewhere can cause it
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         if record.exc_info and record.getMessage().endswith("handler error"):
             record.msg, record.args = "socket.io: dropped a message that could not be handled (%s)", (
@@ -69,8 +77,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def _check_database_url(url: str) -> None:
     """A DATABASE_URL SQLAlchemy cannot use stops the start, in one line."""
     try:
-        make_url(url).get_dialect()
-    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        make_url(url).get_dialect().import_dbapi()  # the driver too: a missing one fails here, not later
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
         scheme = url.split(":", 1)[0] if ":" in url else "none"
         raise ConfigurationError(f"configuration error: DATABASE_URL is not a database URL this app can use "
                                  f"(scheme {scheme!r}: {type(exc).__name__}); use postgresql+psycopg://USER@HOST/DB "
@@ -88,9 +96,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
         app.config.update(config)
     if app.config["PUBLIC_BASE_URL"].startswith("https://"):  # served over TLS: cookies only over TLS
         app.config["SESSION_COOKIE_SECURE"] = app.config["REMEMBER_COOKIE_SECURE"] = True
-    found = base.problems() if hasattr(base, "problems") else []
-    if found:
-        raise ConfigurationError("refusing to start in production: " + " ".join(found))
+    refuse_unusable(base)
     _check_database_url(app.config["SQLALCHEMY_DATABASE_URI"])
     INSTANCE_DIR.mkdir(exist_ok=True)
     _configure_logging(app)
@@ -104,6 +110,9 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     csrf.init_app(app)
     login_manager.init_app(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    if app.config["RATELIMIT_STORAGE_URI"].startswith(("redis://", "rediss://")):
+        # A Redis that hangs costs a request half a second, not ten, before the memory fallback.
+        app.config.setdefault("RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.5, "socket_timeout": 0.5})
     http.retry_after_only_on_refusals(app)
     limiter.init_app(app)
     # Flask-SocketIO keeps the message-queue client from an earlier init_app in this process
@@ -167,11 +176,8 @@ def _check_fulfillment_handler(path: str) -> None:
 
 def create_app_or_exit() -> Flask:
     """``create_app()`` for the entry points (wsgi.py, the development server): a setting it
-    cannot start with is said in one line, without a traceback, and exits with status 3,
-    gunicorn's "worker failed to boot", so its master stops instead of restarting a worker
-    that can never start several times a second."""
+    cannot start with is said in one line and exits with status 3 (``exit_refusing``)."""
     try:
         return create_app()
     except ConfigurationError as refusal:
-        print(refusal, file=sys.stderr, flush=True)
-        raise SystemExit(3) from None
+        exit_refusing(refusal)

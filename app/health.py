@@ -25,16 +25,19 @@ def healthz():
 
 
 def _check_database() -> str | None:
-    """None when the database answers and holds this code's schema: its migration is the
-    newest this code has (or, without migrations, every table exists)."""
+    """None when the database answers and holds this code's schema: at this code's newest
+    migration, or at one this code does not know (a newer release migrated first, as deploys
+    do: migrations only add), or, without migrations, with every table."""
     try:
-        db.session.execute(text("SELECT 1"))
-        tables = set(inspect(db.engine).get_table_names())
+        connection = db.session.connection()
+        connection.execute(text("SELECT 1"))
+        tables = set(inspect(connection).get_table_names())
         if "alembic_version" in tables:
-            at = set(db.session.scalars(text("SELECT version_num FROM alembic_version")))
-            if at != _migration_heads():
+            at = set(connection.scalars(text("SELECT version_num FROM alembic_version")))
+            heads, known = _migrations()
+            if at <= known and at != heads:
                 return f"schema at {', '.join(sorted(at)) or 'no migration'}, this code needs " \
-                       f"{', '.join(sorted(_migration_heads()))}: run flask --app wsgi db upgrade"
+                       f"{', '.join(sorted(heads))}: run flask --app wsgi db upgrade"
         missing = set(db.metadata.tables) - tables
         if missing:
             return f"{len(missing)} table(s) missing: run flask --app wsgi db upgrade"
@@ -47,11 +50,12 @@ def _check_database() -> str | None:
 
 
 @lru_cache(maxsize=1)
-def _migration_heads() -> frozenset[str]:
-    """The newest migration(s) this code ships, read once."""
+def _migrations() -> tuple[frozenset[str], frozenset[str]]:
+    """The newest migration(s) this code ships, and every one it knows; read once."""
     from alembic.script import ScriptDirectory
 
-    return frozenset(ScriptDirectory(current_app.extensions["migrate"].directory).get_heads())
+    script = ScriptDirectory(current_app.extensions["migrate"].directory)
+    return frozenset(script.get_heads()), frozenset(r.revision for r in script.walk_revisions())
 
 
 def _check_redis(url: str) -> str | None:
@@ -68,16 +72,20 @@ def _check_redis(url: str) -> str | None:
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when the database (and Redis, when configured) answer; 503 otherwise."""
+    """503 unless the database answers with this code's schema. Redis (when configured) failing
+    is "degraded", still 200: checkout goes on without it (rate limits in memory, pages poll),
+    and a probe that failed every instance at once would take the whole shop down."""
     checks = {"database": _check_database()}
     if current_app.config.get("REDIS_URL"):
         checks["redis"] = _check_redis(current_app.config["REDIS_URL"])
     failing = {name: error for name, error in checks.items() if error}
-    body = {"status": "ready" if not failing else "unavailable",
+    body = {"status": "unavailable" if "database" in failing else "degraded" if failing else "ready",
             "checks": {name: ("ok" if not error else f"failing: {error}") for name, error in checks.items()}}
     if failing:
         log.warning("not ready: %s", failing)
-        return jsonify({**body, "error": "not_ready", "message": "A dependency is not answering."}), 503
+    if "database" in failing:
+        return jsonify({**body, "error": "not_ready", "message": "The database is not answering, or its schema "
+                        "is not this release's."}), 503
     return jsonify(body)
 
 

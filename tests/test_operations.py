@@ -48,6 +48,7 @@ def closed_port() -> tuple[socket.socket, int]:
     ({"FULFILLMENT_HANDLER": "json:no_such_function"}, "FULFILLMENT_HANDLER 'json:no_such_function' cannot be"),
     ({"DATABASE_URL": "postgres://app@db.internal/shop"}, "DATABASE_URL is not a database URL this app can use"),
     ({"DATABASE_URL": "notaurl"}, "DATABASE_URL is not a database URL this app can use"),
+    ({"DATABASE_URL": "mysql://app@db.internal/shop"}, "DATABASE_URL is not a database URL this app can use"),
     ({"PAYMENT_WEBHOOK_SECRET": "whsec_!!!notbase64"}, "PAYMENT_WEBHOOK_SECRET, secret 1 of 1"),
     ({"APP_ENV": "production"}, "refusing to start in production: SECRET_KEY must be set."),
 ])
@@ -59,14 +60,28 @@ def test_a_setting_it_cannot_start_with_is_said_in_one_line(tmp_path, env, said)
     assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
 
 
-def test_refused_production_settings_stop_gunicorn_instead_of_a_restart_loop():
-    """Before, the worker exited with 1 and gunicorn booted another, several times a second, for ever."""
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_refused_production_settings_stop_gunicorn_before_any_worker(workers):
+    """Before, the worker exited with 1 and gunicorn booted another, several times a second, for
+    ever; several workers refusing at once made the master exit 1 with tracebacks."""
     done = run(["gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0", "wsgi:app"],
-               {"APP_ENV": "production", **REAL, "SECRET_KEY": ""})
+               {"APP_ENV": "production", **REAL, "SECRET_KEY": "", "REDIS_URL": "redis://127.0.0.1:1/0",
+                "WEB_CONCURRENCY": workers})
     output = done.stdout + done.stderr
     assert done.returncode == 3, output
-    assert "Worker failed to boot" in output
-    assert output.count("Booting worker") == 1 and output.count("refusing to start in production") == 1
+    assert output.count("refusing to start in production: SECRET_KEY must be set.") == 1
+    assert "Booting worker" not in output and "Traceback" not in output
+
+
+def test_a_worker_that_cannot_start_stops_gunicorn(tmp_path):
+    """What only the app finds (here a database driver that is not installed) stops the master
+    too: the worker exits with gunicorn's "failed to boot" status instead of being restarted."""
+    done = run(["gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0", "wsgi:app"],
+               {"DATABASE_URL": "mysql://app@db.internal/shop"})
+    output = done.stdout + done.stderr
+    assert done.returncode == 3, output
+    assert "Worker failed to boot" in output and output.count("Booting worker") == 1
+    assert output.count("DATABASE_URL is not a database URL this app can use") == 1
 
 
 @pytest.mark.parametrize("change, named", [
@@ -93,7 +108,7 @@ def test_workers_of_one_development_server_share_its_random_secret_key():
     single = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={"PATH": os.environ["PATH"]}).stdout.split()
     assert multi[0] == "2" and len(multi[1]) == 64
-    assert single == ["1"]  # one worker keeps its own random key
+    assert single[0] == "1" and len(single[1]) == 64 and single[1] != multi[1]  # one per server start
     key = multi[1]
     read = "from config import Config, ProductionConfig as P; print(Config.SECRET_KEY); print(P.problems())"
     out = subprocess.run([sys.executable, "-c", read], cwd=ROOT, capture_output=True, text=True, timeout=60,
@@ -125,10 +140,13 @@ def test_retry_after_is_sent_only_with_a_refusal(make_app, database_url):
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
 
 
-def _alembic_heads() -> set[str]:
+def _revisions() -> tuple[str, str]:
+    """This code's newest migration and its first one."""
     from alembic.script import ScriptDirectory
 
-    return set(ScriptDirectory(str(ROOT / "migrations")).get_heads())
+    script = ScriptDirectory(str(ROOT / "migrations"))
+    [head] = script.get_heads()
+    return head, list(script.walk_revisions())[-1].revision
 
 
 def _stamp(app, revision: str | None) -> None:
@@ -151,11 +169,14 @@ def test_readyz_is_not_ready_until_the_newest_migration_has_run(make_app, databa
     app = make_app()
     prepare_database(app, database_url)
     try:
-        _stamp(app, "0001_older")
+        head, first = _revisions()
+        _stamp(app, first)
         behind = app.test_client().get("/readyz")
         assert behind.status_code == 503
-        assert "schema at 0001_older" in behind.get_json()["checks"]["database"]
-        _stamp(app, sorted(_alembic_heads())[0])
+        assert f"schema at {first}, this code needs {head}" in behind.get_json()["checks"]["database"]
+        _stamp(app, head)
+        assert app.test_client().get("/readyz").status_code == 200
+        _stamp(app, "9999_from_a_newer_release")  # migrated first, as a deploy does: old instances stay ready
         assert app.test_client().get("/readyz").status_code == 200
     finally:
         with app.app_context():
@@ -199,6 +220,19 @@ def test_an_idle_reconciliation_pass_is_not_logged_as_news(app, caplog):
 
 
 def test_a_foreign_origin_on_the_socket_is_a_warning_not_an_error():
-    record = logging.LogRecord("engineio.server", logging.ERROR, __file__, 1,
-                               "https://elsewhere.example is not an accepted origin.", None, None)
+    said = ("https://elsewhere.example is not an accepted origin. (further occurrences of this error will be "
+            "logged with level INFO)")  # engine.io's words
+    record = logging.LogRecord("engineio.server", logging.ERROR, __file__, 1, said, None, None)
     assert _DroppedSocketMessage().filter(record) and record.levelno == logging.WARNING
+
+
+def test_a_body_over_the_limit_does_not_upset_the_rate_limiter(make_app, database_url, caplog):
+    """Reading the body for the rate limit's exemption raised inside Flask-Limiter, which took
+    it for its store failing: a false "storage unreachable" and tracebacks, per request."""
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://")
+    prepare_database(app, database_url)
+    caplog.set_level(logging.INFO)
+    answer = app.test_client().post("/payment-callback", data=b"x" * (70 * 1024),
+                                    headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and answer.get_json()["error"] == "payload_too_large"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("flask-limiter")] == []

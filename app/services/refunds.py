@@ -35,6 +35,7 @@ from app.services.waiting import wait_for
 log = logging.getLogger(__name__)
 REFUNDABLE = (Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value)
 OUTCOME_UNKNOWN = "refund_outcome_unknown"  # the review reason of a refund the gateway did not answer
+REFUNDED_ELSEWHERE = "partial_refund_made_at_gateway"
 
 
 def refund(transaction_id: str, amount: int, actor: str, request_key: str | None = None) -> Refund:
@@ -315,11 +316,26 @@ def flag_unanswered_refunds(older_than: timedelta, limit: int = 100) -> int:
     return flagged
 
 
+def flag_uncounted_partial_refund(transaction_id: str, source: str, actor: str | None) -> None:
+    """Flag a payment the gateway reports partly refunded of which nothing is counted here (a
+    refund made in the gateway's dashboard): its amount is unknown, so what the ops page offers
+    to refund would be too much. In the caller's database transaction."""
+    row = db.session.execute(select(Transaction.status, Transaction.refunded_amount)
+                             .where(Transaction.id == transaction_id)).one()
+    if row.status == Status.PARTIALLY_REFUNDED.value and not row.refunded_amount:
+        flag_for_review(transaction_id, REFUNDED_ELSEWHERE)
+        timeline.record(transaction_id, "flag", source, "the gateway reports a partial refund that was not made "
+                        "here: its amount is unknown, so less may remain to refund than shown",
+                        outcome="flagged", actor=actor)
+
+
 def _release(record: Refund, actor: str, why: str) -> None:
     """Mark the refund failed and give its amount back, once, whoever gets here first."""
     db.session.rollback()
     if _leave_requested(record.id, "failed"):
         _count_refunded(record.transaction_id, -record.amount)
+        # a partial refund the gateway reported while this one was held is now uncounted
+        flag_uncounted_partial_refund(record.transaction_id, "ops", actor)
         timeline.record(record.transaction_id, "ops", "ops",
                         f"refund of {money_text(record.amount, record.currency)} failed: {why}"[:500],
                         outcome="error", detail={"refund_id": record.id}, actor=actor)

@@ -1,6 +1,7 @@
 """The gateway's webhook endpoint (contract section 3, POST /payment-callback)."""
 
 from flask import Blueprint, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from app.extensions import csrf, limiter
 from app.http import error_response, raw_body
@@ -16,13 +17,22 @@ def _verified():
     return g.webhook_verified
 
 
+def _signed() -> bool:
+    """For the rate limit, which must not raise: a body too large or cut off is not signed
+    (the route then refuses it itself)."""
+    try:
+        return webhooks.is_signed(_verified())
+    except HTTPException:
+        return False
+
+
 @bp.post("/payment-callback")
 @csrf.exempt
 # Only refused deliveries count, and a delivery whose signature checks out is exempt, so the
 # gateway's real traffic is never limited, even from an address that also sent junk, while
 # unsigned junk from one address cannot fill the rejection log.
 @limiter.limit(lambda: current_app.config["RATELIMIT_WEBHOOK_FAILURES"],
-               exempt_when=lambda: webhooks.is_signed(_verified()),
+               exempt_when=_signed,
                deduct_when=lambda response: response.status_code == 400)
 def payment_callback():
     # The raw bytes, exactly as signed: nothing parses the body before verification.

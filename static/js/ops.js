@@ -24,14 +24,14 @@
     form.setAttribute("data-sending", "1");
     form.setAttribute("aria-busy", "true");
   }, true);
-  // The form's question, with the amount typed in as money; none when the amount is not a
-  // whole number (the server then says what is wrong, and nothing is refunded).
+  // The form's question, with the amount typed in as money (or "the amount entered" when it
+  // is not plain digits: the server decides what it means, or refuses it).
   function confirmation(form) {
     var question = form.getAttribute("data-confirm");
     if (!question || question.indexOf("{amount}") < 0) return question;
     var input = form.querySelector("input[name=amount]");
     var digits = input ? input.value.trim() : "";
-    if (!/^[0-9]{1,12}$/.test(digits) || !/[1-9]/.test(digits)) return null;
+    if (!/^[0-9]{1,12}$/.test(digits) || !/[1-9]/.test(digits)) return question.replace("{amount}", "the amount entered");
     return question.replace("{amount}", moneyText(digits, Number(form.getAttribute("data-exponent")),
                                                    form.getAttribute("data-currency")));
   }

@@ -550,3 +550,23 @@ def test_a_refund_from_here_failing_after_the_gateway_refunded_all_keeps_all_cou
         refunds.refund(tx_id, 700, ADMIN)
     assert refused.value.code == "refund_refused"
     assert state(app, tx_id) == ("refunded", amount, [(700, "failed")])
+
+
+def test_a_partial_refund_at_the_gateway_during_a_refund_from_here_is_flagged_when_ours_fails(app, client, gateway):
+    """Ours holds 700 when the gateway reports a partial refund (not flagged: 700 is counted);
+    then the gateway refuses ours. Nothing is counted any more, so the payment is flagged then."""
+    _, tx_id, amount = paid_transaction(client, gateway)
+
+    def refuse_after_the_webhook(_request):
+        assert post_webhook(client, status_event(tx_id, "partially_refunded", amount)).status_code == 200
+        with app.app_context():
+            assert not db.session.get(Transaction, tx_id).needs_review
+        return 422, {}, json.dumps({"error": "refund_exceeds_capture", "message": "Too much."})
+
+    gateway.add_callback(responses.POST, REFUNDS_URL, callback=refuse_after_the_webhook)
+    with app.app_context(), pytest.raises(ServiceError):
+        refunds.refund(tx_id, 700, ADMIN)
+    assert state(app, tx_id) == ("partially_refunded", 0, [(700, "failed")])
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        assert tx.needs_review and tx.review_reason == "partial_refund_made_at_gateway"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 
@@ -210,10 +211,18 @@ def test_fail_create_session_for_one_transaction(shopper):
 
 @pytest.fixture
 def sleeps(monkeypatch) -> list[float]:
-    """Every time.sleep the sandbox makes while the test runs (it still sleeps)."""
+    """Every time.sleep the sandbox makes in the test's own thread, which serves the test client's
+    requests (it still sleeps). Threads other tests left behind (an abandoned gateway call
+    backing off) sleep too, and are not counted."""
     calls: list[float] = []
-    real = time.sleep
-    monkeypatch.setattr(time, "sleep", lambda seconds: (calls.append(seconds), real(seconds))[1])
+    real, mine = time.sleep, threading.get_ident()
+
+    def sleep(seconds):
+        if threading.get_ident() == mine:
+            calls.append(seconds)
+        real(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     return calls
 
 
