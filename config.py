@@ -159,7 +159,7 @@ class TestConfig(Config):
 
     ENV_NAME = "testing"
     TESTING = True
-    SECRET_KEY = "test-secret-key"
+    SECRET_KEY = secrets.token_hex(32)  # never a key in the repository, even if APP_ENV=testing is misused
     SCHEDULER_ENABLED = False
     RATELIMIT_ENABLED = False
     REDIS_URL = None
