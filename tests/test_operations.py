@@ -235,4 +235,6 @@ def test_a_body_over_the_limit_does_not_upset_the_rate_limiter(make_app, databas
     answer = app.test_client().post("/payment-callback", data=b"x" * (70 * 1024),
                                     headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and answer.get_json()["error"] == "payload_too_large"
-    assert [r.getMessage() for r in caplog.records if r.name.startswith("flask-limiter")] == []
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("flask-limiter")]
+    # (the limiter is one object per process: "storage recovered" may follow an earlier test's outage)
+    assert not [line for line in said if "unreachable" in line or "Failed to rate limit" in line], said
