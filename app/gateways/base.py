@@ -17,6 +17,10 @@ class GatewayUnavailable(GatewayError):
     """Connection errors, timeouts, 5xx or 429 that outlasted the retries."""
 
 
+class GatewayNoAnswer(GatewayUnavailable):
+    """No answer at all (connection errors, timeouts): the gateway may have acted on the call."""
+
+
 class GatewayRejected(GatewayError):
     """The gateway answered a definite 4xx refusal; retrying the same call will not help."""
 

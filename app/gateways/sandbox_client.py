@@ -35,6 +35,7 @@ from app.gateways.base import (
     GatewayError,
     GatewayRejected,
     GatewayStatus,
+    GatewayNoAnswer,
     GatewayUnavailable,
     RefundResult,
     SessionRequest,
@@ -203,10 +204,10 @@ class SandboxGateway:
             response = call.result(timeout=max(0.0, deadline - time.monotonic()))
         except WaitedTooLong:
             log.warning("gateway %s %s gave no complete answer within %.0f s", method, path, self.total_budget)
-            raise GatewayUnavailable(f"gateway gave no complete answer within {self.total_budget:.0f} s") from None
+            raise GatewayNoAnswer(f"gateway gave no complete answer within {self.total_budget:.0f} s") from None
         except requests.RequestException as exc:
             log.warning("gateway %s %s unreachable: %s", method, path, type(exc).__name__)
-            raise GatewayUnavailable(f"gateway unreachable: {type(exc).__name__}") from exc
+            raise GatewayNoAnswer(f"gateway unreachable: {type(exc).__name__}") from exc
         if response.status_code in ok:
             return response
         if response.status_code in RETRIED_STATUSES:

@@ -34,6 +34,8 @@ class Transaction(db.Model):
     review_reason: Mapped[str | None] = mapped_column(String(200))
     reviewed_at: Mapped[datetime | None]
     reviewed_by: Mapped[str | None] = mapped_column(String(254))
+    # When a review reason was last raised (again), so Mark reviewed clears only the flag it saw.
+    flagged_at: Mapped[datetime | None]
     refunded_amount: Mapped[int] = mapped_column(default=0)
     # Set just before we ask the gateway to expire the session on someone's request (the
     # shopper's or ops' cancel): the gateway's "expired" that follows is then recorded as this.

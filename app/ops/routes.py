@@ -65,7 +65,7 @@ def _when(value: datetime | None) -> str:
 @bp.context_processor
 def _helpers() -> dict:
     return {"money": ops.money_text, "when": _when, "pretty": pretty, "pretty_text": pretty_text,
-            "minor_exponent": minor_exponent}
+            "minor_exponent": minor_exponent, "flag_version": ops.flag_version}
 
 
 # -- pages ---------------------------------------------------------------------------------
@@ -162,15 +162,21 @@ def refund(transaction_id: str):
     except ServiceError as exc:
         if exc.code == "refund_exceeds_remaining":  # about the amount typed: tie it to that field
             form.amount.errors = [*form.amount.errors, exc.message]
-        return _refused(transaction_id, exc, refund_form=form)
+            return _refused(transaction_id, exc, refund_form=form)
+        # Any other answer is about a refund this form already asked for (held, failed, in
+        # flight): the page comes back with the field empty, so pressing Refund again cannot
+        # send a second refund of the same amount under a fresh key; Retry is the way on.
+        return _refused(transaction_id, exc)
     return _done(transaction_id, f"Refunded {ops.money_text(done.amount, done.currency)}.")
 
 
 @bp.post("/transactions/<transaction_id>/review")
 @admin_required
 def review(transaction_id: str):
-    seen = request.form.get("reason", "")[:200]  # the flag the page showed, so a newer one is not cleared unseen
-    return _act(transaction_id, lambda tx_id, actor: ops.mark_reviewed(tx_id, actor, seen))
+    # the flag the page showed (its reasons and when last raised), so a newer one is not cleared unseen
+    seen, version = request.form.get("reason", "")[:200], request.form.get("flagged_at")
+    version = None if version is None else version[:40]  # a form without it is checked by reason only
+    return _act(transaction_id, lambda tx_id, actor: ops.mark_reviewed(tx_id, actor, seen, version))
 
 
 @bp.post("/transactions/<transaction_id>/refunds/<refund_id>/retry")

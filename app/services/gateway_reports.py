@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from app.domain.status import Decision, Outcome, Status
 from app.extensions import db
-from app.gateways.base import GatewayError, GatewayRejected, GatewayStatus
+from app.gateways.base import GatewayError, GatewayNoAnswer, GatewayRejected, GatewayStatus
 from app.gateways.registry import get_gateway
 from app.models import Transaction
 from app.services import timeline
@@ -110,6 +110,10 @@ def _flag_and_refuse(decision: Decision, reason: str, line: str, *, tx_id: str, 
     return MoveResult(tx_id, decision, flagged=reason)
 
 
+class CloseUnanswered(GatewayError):
+    """The gateway did not answer the request to expire the session: it may have closed it."""
+
+
 def _remember_closing(transaction_id: str, closing_as: Status | None) -> None:
     """Record (and commit) what a pending payment's session is being closed as, or forget it."""
     db.session.execute(
@@ -146,6 +150,8 @@ def close_session(
     _remember_closing(tx.id, closed_as)  # committed before the call: its expiry webhook may come first
     try:
         result = _close(tx, closed_as, source=source, summary=summary, actor=actor, before_commit=before_commit)
+    except CloseUnanswered:
+        raise  # the close may have happened: the expiry the gateway reports for it is still this close
     except GatewayError:
         _remember_closing(tx.id, None)  # the close failed, and the caller says so: a later expiry is one
         raise
@@ -164,6 +170,8 @@ def _close(tx, closed_as: Status, *, source: str, summary: str, actor: str | Non
         if exc.status_code != 404:
             raise
         closed = None  # the gateway has no such session: what does it know of the payment?
+    except GatewayNoAnswer as exc:
+        raise CloseUnanswered(str(exc)) from exc
     if closed == Status.EXPIRED:
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary}: gateway session expired")

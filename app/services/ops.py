@@ -26,7 +26,7 @@ from app.models.clock import utcnow
 from app.services import timeline
 from app.services.errors import ServiceError
 from app.services.payments import get_transaction
-from app.services.gateway_reports import MISMATCH, apply_gateway_answer, close_session
+from app.services.gateway_reports import MISMATCH, CloseUnanswered, apply_gateway_answer, close_session
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 50
@@ -231,6 +231,11 @@ class ActionOutcome:
 def _gateway_failed(tx: Transaction, action: str, actor: str, exc: GatewayError) -> ServiceError:
     timeline.record_failure(tx.id, "ops", "ops", f"{action} by {actor} failed: {exc}", actor=actor)
     log.warning("txn=%s ops %s by %s failed at the gateway: %s", tx.id, action, actor, exc)
+    if isinstance(exc, CloseUnanswered):
+        return ServiceError(502, "gateway_unavailable",
+                            f"The gateway did not answer the {action} ({exc}). It may still close the session: "
+                            "this page will show what it says, and an expiry it reports is recorded as your "
+                            "cancel. If the payment stays pending, cancel again.")
     return ServiceError(502, "gateway_unavailable",
                         f"The gateway did not complete the {action}: {exc}. Nothing changed; try again shortly.")
 
@@ -295,29 +300,39 @@ def cancel_payment(transaction_id: str, actor: str) -> ActionOutcome:
                              f"({result.flagged}), nothing applied.")
     if not result.applied:
         notify_ops(tx.id)
-        return ActionOutcome(tx.id, f"The payment was no longer pending; {result.decision.outcome.value}.")
+        return ActionOutcome(tx.id, f"The payment was no longer pending: it is {now.replace('_', ' ')}, "
+                             "so nothing was cancelled.")
     log.info("txn=%s cancelled by %s", tx.id, actor)
     return ActionOutcome(tx.id, "The payment is cancelled.")
 
 
-def mark_reviewed(transaction_id: str, actor: str, seen_reason: str | None) -> ActionOutcome:
+def flag_version(tx: Transaction) -> str:
+    """When the transaction's review reason was last raised, as the ops page carries it."""
+    return tx.flagged_at.isoformat() if tx.flagged_at else ""
+
+
+def mark_reviewed(transaction_id: str, actor: str, seen_reason: str | None,
+                  seen_version: str | None = None) -> ActionOutcome:
     """Clear the needs-review flag, recording who reviewed it.
 
-    ``seen_reason`` is the flag the staff member was shown: a flag raised since (a refund
-    owed, say) must be seen before it can be cleared, so a different one is a 409.
+    ``seen_reason`` and ``seen_version`` (``flag_version``) are the flag the staff member was
+    shown: a flag raised since (a refund owed, say, or the same reason raised again after it
+    was settled) must be seen before it can be cleared, so anything else is a 409.
     """
     tx = get_transaction(transaction_id)
     reason = tx.review_reason
     if not tx.needs_review:
         raise ServiceError(409, "not_flagged", "This transaction is not flagged for review.")
-    if (seen_reason or None) != reason:
+    if (seen_reason or None) != reason or (seen_version is not None and seen_version != flag_version(tx)):
         raise ServiceError(409, "flag_changed", f"The flag changed since this page was loaded; it is now "
                            f"{reason or 'unspecified'}. Read it before marking it reviewed.")
     now = utcnow()
     cleared = db.session.execute(
         update(Transaction).where(Transaction.id == tx.id, Transaction.needs_review.is_(True),
                                   Transaction.review_reason.is_(None) if reason is None
-                                  else Transaction.review_reason == reason)
+                                  else Transaction.review_reason == reason,
+                                  Transaction.flagged_at.is_(None) if tx.flagged_at is None
+                                  else Transaction.flagged_at == tx.flagged_at)
         .values(needs_review=False, reviewed_at=now, reviewed_by=actor)
         .execution_options(synchronize_session=False)
     ).rowcount

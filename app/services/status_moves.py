@@ -42,7 +42,7 @@ _PAY_ORDER = (  # the order is paid once: only while it is still open
 _FLAG = (  # a flag adds its reason to those still open, so none is lost before ops see it
     _transactions.update()
     .where(_transactions.c.id == bindparam("tx_id"))
-    .values(needs_review=True, reviewed_at=None, reviewed_by=None, review_reason=case(
+    .values(needs_review=True, reviewed_at=None, reviewed_by=None, flagged_at=bindparam("now"), review_reason=case(
         (and_(_transactions.c.needs_review.is_(True), _transactions.c.review_reason.is_not(None),
               func.length(_transactions.c.review_reason) < 150),
          case((_transactions.c.review_reason.contains(bindparam("reason")), _transactions.c.review_reason),
@@ -107,7 +107,7 @@ def _mark_order_paid(tx: TxState, now) -> str | None:
 def flag_for_review(tx_id: str, reason: str) -> None:
     """Set the needs-review flag with ``reason`` added to any reasons still open (in the caller's
     database transaction)."""
-    db.session.connection().execute(_FLAG, {"tx_id": tx_id, "reason": reason})
+    db.session.connection().execute(_FLAG, {"tx_id": tx_id, "reason": reason, "now": utcnow()})
 
 
 def apply_status(

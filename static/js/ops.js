@@ -74,11 +74,9 @@
 
   function sectionsToSwap() {
     if (kind === "list") return ["transaction-rows", "status-counts"];
-    var ids = ["txn-summary", "txn-refunds", "txn-timeline", "txn-webhooks"];
-    var input = document.getElementById("refund-amount");
-    // Never wipe an amount someone is typing.
-    if (!input || (!input.value && document.activeElement !== input)) ids.push("txn-actions");
-    return ids;
+    // The actions too (what remains to refund, what the buttons offer); an amount being typed
+    // is carried over into the fresh form.
+    return ["txn-summary", "txn-refunds", "txn-timeline", "txn-webhooks", "txn-actions"];
   }
 
   function refresh(message, changedId) {
@@ -92,14 +90,19 @@
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html");
         var focused = whereIs(document.activeElement);
+        var typing = document.getElementById("refund-amount");
+        var typed = typing ? { value: typing.value, start: typing.selectionStart, end: typing.selectionEnd } : null;
         ids.forEach(function (id) {
           var next = fresh.getElementById(id);
           var current = document.getElementById(id);
           if (next && current) current.replaceWith(document.importNode(next, true));
         });
+        var amount = document.getElementById("refund-amount");
+        if (typed && typed.value && amount && amount !== typing) amount.value = typed.value;
         if (focused && !document.body.contains(focused.element)) {
           var again = document.querySelector(focused.selector);  // the same control in the fresh section
           if (again) again.focus({ preventScroll: true });
+          if (again === amount && typed && typed.start !== null) amount.setSelectionRange(typed.start, typed.end);
         }
         if (changedId) {
           var row = document.querySelector('tr[data-transaction-id="' + cssEscape(changedId) + '"]');

@@ -154,3 +154,24 @@ def test_a_refund_asks_first_and_no_sends_nothing(live, chromium, shop_context, 
     assert asked[2] == f"Refund the remaining {left} of payment {tx_id} to the shopper? A refund cannot be undone."
     assert len(posts) == 1 and refund_rows(live, tx_id) == [(1234, "succeeded")]
     page.context.close()
+
+
+@pytest.mark.parametrize("focused", [False, True], ids=["typed, then left", "still typing"])
+def test_a_live_refresh_keeps_the_typed_amount_and_shows_what_remains(live, chromium, shop_context, admin, focused):
+    """Before, an amount in the field kept the whole Actions section from refreshing: the full
+    refund button (and its question) went on offering what had already been refunded."""
+    tx_id = paid_transaction(shop_context)
+    with live.app.app_context():
+        captured = db.session.get(Transaction, tx_id).amount
+    page = detail_page(chromium, live, admin, tx_id)
+    field = page.get_by_label(re.compile("^Amount to refund"))
+    field.fill("25")
+    if not focused:
+        page.get_by_role("button", name="Re-check with the gateway now").focus()
+    with live.app.app_context():
+        refunds.refund(tx_id, 1000, "other@example.test")
+    left = money_text(captured - 1000, "USD")
+    page.get_by_role("button", name=f"Refund the remaining {left} in full").wait_for()
+    assert field.input_value() == "25"
+    assert page.evaluate("document.activeElement.id === 'refund-amount'") is focused
+    page.context.close()

@@ -1,10 +1,14 @@
 """Admin actions: re-check, cancel, mark reviewed; each on the timeline with the staff email."""
 
+import re
+
 import pytest
-from sqlalchemy import select
+import requests
+from sqlalchemy import select, update
 
 from app.extensions import db
 from app.models import Transaction, TransactionEvent
+from app.services.status_moves import flag_for_review
 from tests import fulfillment_probe
 from tests.conftest import GATEWAY, place_order, post_webhook, start_payment, status_event
 from tests.ops.conftest import ADMIN, paid_transaction, post_form
@@ -164,8 +168,49 @@ def test_mark_reviewed_clears_the_flag_and_records_who(app, admin_client, client
     assert review(admin_client, tx_id, "success_after_cancellation").status_code == 409
 
 
-def review(admin_client, tx_id: str, seen: str):
-    return post_form(admin_client, f"/ops/transactions/{tx_id}/review", {"reason": seen})
+def review(admin_client, tx_id: str, seen: str, version: str | None = None):
+    return post_form(admin_client, f"/ops/transactions/{tx_id}/review",
+                     {"reason": seen, **({} if version is None else {"flagged_at": version})})
+
+
+def shown_flag(admin_client, tx_id: str) -> tuple[str, str]:
+    """The flag the transaction page shows and carries in its Mark reviewed form."""
+    page = admin_client.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+    return (re.search(r'name="reason" value="([^"]*)"', page).group(1),
+            re.search(r'name="flagged_at" value="([^"]*)"', page).group(1))
+
+
+def test_the_same_reason_raised_again_after_the_page_loaded_is_not_cleared_unseen(app, admin_client, client,
+                                                                                   pending):
+    """The reason text alone cannot tell a flag from the same reason raised again (an unanswered
+    refund settled, then another unanswered): the page carries when it was raised."""
+    _, tx_id = pending
+    with app.app_context():
+        flag_for_review(tx_id, "refund_outcome_unknown")
+        db.session.commit()
+    seen, version = shown_flag(admin_client, tx_id)
+    assert seen == "refund_outcome_unknown" and version
+    with app.app_context():  # settled by the system, then raised again, while the page stayed open
+        db.session.execute(update(Transaction).where(Transaction.id == tx_id).values(needs_review=False))
+        flag_for_review(tx_id, "refund_outcome_unknown")
+        db.session.commit()
+    refused = review(admin_client, tx_id, seen, version)
+    assert refused.status_code == 409 and tx_state(app, tx_id)[1] is True
+    assert review(admin_client, tx_id, *shown_flag(admin_client, tx_id)).status_code == 303
+    assert tx_state(app, tx_id)[1] is False
+
+
+def test_a_cancel_the_gateway_never_answered_is_still_the_cancel_when_it_expires(app, admin_client, client,
+                                                                                 pending, gateway):
+    """The expire was sent and no answer came: the gateway may have closed the session, so the
+    page says so, and the expiry it then reports is recorded as this cancel, by this admin."""
+    _, tx_id = pending
+    gateway.post(f"{GATEWAY}/sessions/cs_{tx_id}/expire", body=requests.ConnectionError("no answer"))
+    answer = post_form(admin_client, f"/ops/transactions/{tx_id}/cancel")
+    assert answer.status_code == 502 and "It may still close the session" in answer.get_data(as_text=True)
+    assert tx_state(app, tx_id)[0] == "pending"
+    assert post_webhook(client, status_event(tx_id, "expired", 1999)).status_code == 200
+    assert tx_state(app, tx_id)[0] == "cancelled"
 
 
 def test_a_refund_owed_flag_raised_after_the_page_loaded_is_not_cleared_unseen(app, admin_client, client, gateway):

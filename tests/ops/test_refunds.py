@@ -153,6 +153,9 @@ def test_unanswered_refund_holds_the_amount_and_can_be_retried(app, admin_client
     gateway.post(REFUNDS_URL, status=503)
     response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
     assert response.status_code == 502
+    # the page comes back with the field empty: pressing Refund again would be a second refund
+    field = re.search(r'<input[^>]*id="refund-amount"[^>]*>', response.get_data(as_text=True)).group(0)
+    assert 'value="700"' not in field, field
     assert state(app, tx_id) == ("success", 700, [(700, "requested")])
     with app.app_context():
         tx = db.session.get(Transaction, tx_id)
