@@ -180,3 +180,19 @@ def start_payment(client, gateway_mock, order_id: str, **kwargs) -> dict:
     response = client.post("/initiate-payment", json={"order_id": order_id}, **kwargs)
     assert response.status_code in (200, 201), response.get_json()
     return response.get_json()
+
+
+def socket_leaves_during(monkeypatch, owner, name: str) -> None:
+    """Patch ``owner.name`` so that the socket whose event is being handled disconnects first:
+    a page closed or navigated right after it asked for something."""
+    from flask import request
+
+    from app.extensions import socketio
+
+    real = getattr(owner, name)
+
+    def leave_then(*args):
+        socketio.server.disconnect(request.sid, namespace="/")
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, leave_then)

@@ -17,10 +17,9 @@ import secrets
 from datetime import datetime, timedelta
 
 from flask import current_app
-from flask_socketio import join_room
 from sqlalchemy import delete, or_, select, update
 
-from app.extensions import db, socketio
+from app.extensions import db, join_if_connected, socketio
 from app.models import StaffSession, StaffSocket, User
 from app.models.clock import plausible_id, utcnow
 from app.realtime import OPS_ROOM
@@ -119,7 +118,9 @@ def join_ops_room(sid: str, user: User) -> bool:
     if ended is not None:  # logged out while joining
         forget_socket(sid)
         return False
-    join_room(OPS_ROOM, sid=sid, namespace="/")
+    if not join_if_connected(OPS_ROOM, sid):  # the page left before its join was handled
+        forget_socket(sid)
+        return False
     return True
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 
 from flask import request
-from flask_socketio import join_room
 from sqlalchemy import select
 
-from app.extensions import db, socketio
+from app.extensions import db, join_if_connected, socketio
 from app.models import Transaction
 from app.services.payments import find_transaction
 
@@ -61,7 +60,9 @@ def register_events() -> None:
             return
         # Join first, then read: a change committed in between is either in the status read
         # below or emitted to the room this client is already in, so it is never missed.
-        join_room(room_for(transaction_id))
+        if not join_if_connected(room_for(transaction_id)):
+            db.session.remove()
+            return  # the page left before its join was handled
         status = db.session.scalar(select(Transaction.status).where(Transaction.id == transaction_id))
         socketio.emit("payment_status_update", {"transaction_id": transaction_id, "status": status}, to=request.sid)
         db.session.remove()

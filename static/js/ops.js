@@ -80,6 +80,12 @@
   }
 
   function refresh(message, changedId) {
+    // A form on its way is the page's last act: its answer replaces the page. Swapping in fresh
+    // forms now would drop its send-once guard (and a fresh refund form has a fresh key).
+    if (document.querySelector("form[data-sending]")) {
+      body.setAttribute("data-refresh-held", "1");
+      return Promise.resolve();
+    }
     var ids = sectionsToSwap();
     return fetch(pageUrl, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (response) {

@@ -4,6 +4,7 @@ reload as pages, focus kept through live refreshes, and a session that ends says
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -12,7 +13,8 @@ from app.auth import accounts, sessions
 from app.extensions import db
 from app.models import Refund, Transaction, User
 from app.services import refunds
-from app.services.ops import money_text
+from app.services.ops import money_text, notify_ops
+from app.services.status_moves import flag_for_review
 from tests.browser.test_checkout_flow import SUCCESS_CARD, checkout, pay_with, screen
 
 pytestmark = pytest.mark.browser
@@ -174,4 +176,50 @@ def test_a_live_refresh_keeps_the_typed_amount_and_shows_what_remains(live, chro
     page.get_by_role("button", name=f"Refund the remaining {left} in full").wait_for()
     assert field.input_value() == "25"
     assert page.evaluate("document.activeElement.id === 'refund-amount'") is focused
+    page.context.close()
+
+
+def test_a_live_update_while_a_refund_is_on_its_way_does_not_re_arm_the_form(live, chromium, shop_context, admin):
+    """The Actions section refreshes live now; while a refund form is being sent it must not be
+    swapped for a fresh one (a fresh key), or a second click would be a second refund."""
+    tx_id = paid_transaction(shop_context)
+    page = detail_page(chromium, live, admin, tx_id)
+    posts, clicked = [], threading.Event()
+
+    def seen(request):
+        if request.method == "POST" and "/ops/" in request.url:
+            posts.append(request.url)
+        if request.url.endswith("/healthz?first-click"):
+            clicked.set()
+
+    def change_meanwhile():  # once the first click is out: the transaction changes, a live update comes
+        if clicked.wait(15):
+            with live.app.app_context():
+                flag_for_review(tx_id, "checked_by_a_colleague")
+                db.session.commit()
+                notify_ops(tx_id)
+
+    page.on("request", seen)
+    colleague = threading.Thread(target=change_meanwhile)
+    live.admin("POST", "/faults", json={"scope": "global", "latency_ms": 3000})  # the refund is still out
+    try:
+        page.get_by_label(re.compile("^Amount to refund")).fill("500")
+        colleague.start()
+        # All from the page itself: Playwright waits out a pending navigation before it acts.
+        assert page.evaluate("""() => new Promise(done => {
+            document.querySelector("form.refund button").click();
+            fetch("/healthz?first-click");
+            const held = setInterval(() => {  // the live refresh, held back while the form is out
+              if (!document.body.hasAttribute("data-refresh-held")) return;
+              clearInterval(held);
+              document.querySelector("form.refund button").click();  // the second click
+              done(true);
+            }, 20);
+        })""")
+        page.get_by_text("Refunded 5.00 USD.").wait_for()
+    finally:
+        live.admin("POST", "/faults", json={"scope": "global", "latency_ms": 0})
+        colleague.join(20)
+    assert posts == [f"{live.url}/ops/transactions/{tx_id}/refund"]
+    assert refund_rows(live, tx_id) == [(500, "succeeded")]
     page.context.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -13,6 +14,7 @@ from app.extensions import db, socketio
 from app.jobs.housekeeping import prune_expired_records
 from app.models import StaffSession, StaffSocket, User
 from app.models.clock import utcnow
+from tests.conftest import socket_leaves_during
 from tests.ops.conftest import ADMIN, login, post_form
 
 
@@ -174,6 +176,19 @@ def test_a_logout_racing_the_join_leaves_no_socket_in_the_ops_room(app, admin_cl
     with app.app_context():
         assert db.session.scalars(select(StaffSocket)).all() == []
     sio.disconnect()
+
+
+def test_a_page_that_leaves_while_its_join_is_handled_is_no_fault(app, admin_client, client, monkeypatch, caplog):
+    """An ops page closed (or navigated) right after asking to join: the socket is gone before
+    the server puts it in the room. Before, that logged an error with a traceback."""
+    socket_leaves_during(monkeypatch, sessions, "current_hash")
+    caplog.set_level(logging.ERROR)
+    sio = socketio.test_client(app, flask_test_client=admin_client)
+    sio.emit("ops_join")
+    assert list(socketio.server.manager.get_participants("/", "ops")) == []
+    with app.app_context():
+        assert db.session.scalars(select(StaffSocket)).all() == []  # its record went with it
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_sockets_of_a_session_ended_by_another_process_are_disconnected_by_housekeeping(app, admin_client):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from app import realtime
 from app.extensions import socketio
 from app.realtime import room_for
-from tests.conftest import place_order, post_webhook, start_payment, status_event
+from tests.conftest import place_order, post_webhook, socket_leaves_during, start_payment, status_event
 
 
 @pytest.fixture
@@ -121,3 +123,15 @@ def test_a_fault_in_our_own_handler_is_logged_with_its_traceback(app, client, mo
     assert record.getMessage() == "socket.io event 'join' failed" and record.exc_info[0] is RuntimeError
     assert sio.is_connected()
     sio.disconnect()
+
+
+def test_a_page_that_leaves_while_its_join_is_handled_is_no_fault(app, client, payment, monkeypatch, caplog):
+    """The waiting page closed right after asking to join: nothing to push to, and no error."""
+    socket_leaves_during(monkeypatch, realtime, "find_transaction")
+    caplog.set_level(logging.ERROR)
+    sio = socketio.test_client(app, flask_test_client=client)
+    tx_id = payment["transaction_id"]
+    sio.emit("join", {"transaction_id": tx_id})
+    assert list(socketio.server.manager.get_participants("/", room_for(tx_id))) == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not sio.is_connected()  # it did leave (the page's join was the case under test)

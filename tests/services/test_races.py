@@ -109,7 +109,7 @@ def test_join_never_misses_a_change_committed_while_joining(app, client, gateway
 
     order_id = place_order(client)["order_id"]
     tx_id = start_payment(client, gateway, order_id)["transaction_id"]
-    real_join = realtime.join_room
+    real_join = realtime.join_if_connected
 
     def join_while_a_webhook_lands(room, *args, **kwargs):
         worker = threading.Thread(target=lambda: post_webhook(app.test_client(), status_event(tx_id, "success", 1999)))
@@ -117,7 +117,7 @@ def test_join_never_misses_a_change_committed_while_joining(app, client, gateway
         worker.join()
         return real_join(room, *args, **kwargs)
 
-    monkeypatch.setattr(realtime, "join_room", join_while_a_webhook_lands)
+    monkeypatch.setattr(realtime, "join_if_connected", join_while_a_webhook_lands)
     socket = socketio.test_client(app)
     socket.emit("join", {"transaction_id": tx_id})
     statuses = [m["args"][0]["status"] for m in socket.get_received() if m["name"] == "payment_status_update"]
