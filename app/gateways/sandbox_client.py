@@ -33,9 +33,9 @@ from app.gateways import signing
 from app.gateways.base import (
     CreatedSession,
     GatewayError,
+    GatewayNoAnswer,
     GatewayRejected,
     GatewayStatus,
-    GatewayNoAnswer,
     GatewayUnavailable,
     RefundResult,
     SessionRequest,

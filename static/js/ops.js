@@ -79,13 +79,16 @@
     return ["txn-summary", "txn-refunds", "txn-timeline", "txn-webhooks", "txn-actions"];
   }
 
+  // A form on its way is the page's last act: its answer replaces the page. Swapping in fresh
+  // forms meanwhile would drop its send-once guard (and a fresh refund form has a fresh key).
+  function formOnItsWay() {
+    if (!document.querySelector("form[data-sending]")) return false;
+    body.setAttribute("data-refresh-held", "1");
+    return true;
+  }
+
   function refresh(message, changedId) {
-    // A form on its way is the page's last act: its answer replaces the page. Swapping in fresh
-    // forms now would drop its send-once guard (and a fresh refund form has a fresh key).
-    if (document.querySelector("form[data-sending]")) {
-      body.setAttribute("data-refresh-held", "1");
-      return Promise.resolve();
-    }
+    if (formOnItsWay()) return Promise.resolve();
     var ids = sectionsToSwap();
     return fetch(pageUrl, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (response) {
@@ -94,6 +97,7 @@
         return response.text();
       })
       .then(function (html) {
+        if (formOnItsWay()) return;  // sent while this page was being fetched
         var fresh = new DOMParser().parseFromString(html, "text/html");
         var focused = whereIs(document.activeElement);
         var typing = document.getElementById("refund-amount");
