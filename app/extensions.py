@@ -25,8 +25,12 @@ limiter = Limiter(key_func=get_remote_address, default_limits=[])
 def join_if_connected(room: str, sid: str | None = None) -> bool:
     """Put the socket (this event's, or ``sid``) in ``room``; False when it left before its join
     was handled (a page closed or navigated right after asking), which is no fault."""
+    from flask import request
+
+    if not socketio.server.manager.is_connected(sid or request.sid, "/"):
+        return False
     try:
         join_room(room, sid=sid, namespace="/")
-    except ValueError:  # python-socketio: "sid is not connected to requested namespace"
+    except (ValueError, KeyError):  # python-socketio, when it left between the check and the join
         return False
     return True

@@ -234,8 +234,7 @@ def _gateway_failed(tx: Transaction, action: str, actor: str, exc: GatewayError)
     if isinstance(exc, CloseUnanswered):
         return ServiceError(502, "gateway_unavailable",
                             f"The gateway did not answer the {action} ({exc}). It may still close the session: "
-                            "this page will show what it says, and an expiry it reports is recorded as your "
-                            "cancel. If the payment stays pending, cancel again.")
+                            "this page will show what it says. If the payment stays pending, cancel again.")
     return ServiceError(502, "gateway_unavailable",
                         f"The gateway did not complete the {action}: {exc}. Nothing changed; try again shortly.")
 

@@ -233,7 +233,7 @@ def _outcome_known(transaction_id: str, actor: str | None) -> None:
     database transaction."""
     unanswered = db.session.scalar(select(func.count()).select_from(Refund).where(
         Refund.transaction_id == transaction_id, Refund.status == "requested", Refund.flagged_at.is_not(None)))
-    flag = db.session.execute(select(Transaction.needs_review, Transaction.review_reason)
+    flag = db.session.execute(select(Transaction.needs_review, Transaction.review_reason, Transaction.flagged_at)
                               .where(Transaction.id == transaction_id)).one()
     reasons = [r.strip() for r in (flag.review_reason or "").split(",") if r.strip()]
     if unanswered or not flag.needs_review or OUTCOME_UNKNOWN not in reasons:
@@ -243,7 +243,9 @@ def _outcome_known(transaction_id: str, actor: str | None) -> None:
                                                      "reviewed_by": "system"}
     done = db.session.execute(
         update(Transaction).where(Transaction.id == transaction_id, Transaction.needs_review.is_(True),
-                                  Transaction.review_reason == flag.review_reason).values(**settled)
+                                  Transaction.review_reason == flag.review_reason,
+                                  Transaction.flagged_at.is_(None) if flag.flagged_at is None
+                                  else Transaction.flagged_at == flag.flagged_at).values(**settled)
         .execution_options(synchronize_session=False)
     ).rowcount
     if done:

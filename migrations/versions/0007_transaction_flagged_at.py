@@ -17,5 +17,6 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table("transactions") as batch:
-        batch.drop_column("flagged_at")
+    # In place (SQLite 3.35+ drops a column itself): a batch rebuild would drop the referenced
+    # table, which SQLite's foreign keys refuse once refunds or timeline lines exist.
+    op.drop_column("transactions", "flagged_at")

@@ -23,7 +23,17 @@
     if (question && !window.confirm(question)) { event.preventDefault(); return; }
     form.setAttribute("data-sending", "1");
     form.setAttribute("aria-busy", "true");
+    // Still here long after any answer could come (the gateway's 25 s budget and the server's
+    // wait): the send was stopped (Esc). The same form, with its same key, may be sent again.
+    setTimeout(function () { rearm(form); }, 40000);
   }, true);
+
+  function rearm(form) {
+    if (!document.body.contains(form) || !form.getAttribute("data-sending")) return;
+    form.removeAttribute("data-sending");
+    form.removeAttribute("aria-busy");
+    window.dispatchEvent(new Event("checkout:forms-rearmed"));
+  }
   // The form's question, with the amount typed in as money (or "the amount entered" when it
   // is not plain digits: the server decides what it means, or refuses it).
   function confirmation(form) {
@@ -45,10 +55,7 @@
   }
 
   window.addEventListener("pageshow", function () {
-    Array.prototype.forEach.call(document.querySelectorAll("form[data-sending]"), function (form) {
-      form.removeAttribute("data-sending");
-      form.removeAttribute("aria-busy");
-    });
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-sending]"), rearm);
   });
 
   if (kind !== "list" && kind !== "detail") return;
@@ -60,6 +67,15 @@
   if (body.getAttribute("data-page-url") && window.location.pathname !== pageUrl) {
     history.replaceState(history.state, "", pageUrl);
   }
+
+  // Forms re-armed (Back to a kept page, or a send stopped with Esc): the Actions held back
+  // meanwhile are refreshed now.
+  window.addEventListener("checkout:forms-rearmed", function () {
+    if (body.hasAttribute("data-refresh-held") && !document.querySelector("form[data-sending]")) {
+      body.removeAttribute("data-refresh-held");
+      refresh("");
+    }
+  });
 
   function setIndicator(state, text) {
     var el = document.getElementById("live-indicator");
@@ -79,8 +95,9 @@
     return ["txn-summary", "txn-refunds", "txn-timeline", "txn-webhooks", "txn-actions"];
   }
 
-  // A form on its way is the page's last act: its answer replaces the page. Swapping in fresh
-  // forms meanwhile would drop its send-once guard (and a fresh refund form has a fresh key).
+  // While a form is on its way the Actions stay as they are: fresh forms would drop its
+  // send-once guard (and a fresh refund form has a fresh key). The rest still refreshes, and
+  // the Actions follow at the next refresh (or when the page is shown again after Back/Stop).
   function formOnItsWay() {
     if (!document.querySelector("form[data-sending]")) return false;
     body.setAttribute("data-refresh-held", "1");
@@ -88,7 +105,6 @@
   }
 
   function refresh(message, changedId) {
-    if (formOnItsWay()) return Promise.resolve();
     var ids = sectionsToSwap();
     return fetch(pageUrl, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (response) {
@@ -97,12 +113,13 @@
         return response.text();
       })
       .then(function (html) {
-        if (formOnItsWay()) return;  // sent while this page was being fetched
+        var held = formOnItsWay();  // checked now: a form may have been sent during the fetch
         var fresh = new DOMParser().parseFromString(html, "text/html");
         var focused = whereIs(document.activeElement);
         var typing = document.getElementById("refund-amount");
         var typed = typing ? { value: typing.value, start: typing.selectionStart, end: typing.selectionEnd } : null;
         ids.forEach(function (id) {
+          if (held && id === "txn-actions") return;
           var next = fresh.getElementById(id);
           var current = document.getElementById(id);
           if (next && current) current.replaceWith(document.importNode(next, true));
@@ -112,7 +129,7 @@
         if (focused && !document.body.contains(focused.element)) {
           var again = document.querySelector(focused.selector);  // the same control in the fresh section
           if (again) again.focus({ preventScroll: true });
-          if (again === amount && typed && typed.start !== null) amount.setSelectionRange(typed.start, typed.end);
+          if (again && again === amount && typed && typed.start !== null) amount.setSelectionRange(typed.start, typed.end);
         }
         if (changedId) {
           var row = document.querySelector('tr[data-transaction-id="' + cssEscape(changedId) + '"]');

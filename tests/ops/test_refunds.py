@@ -573,3 +573,33 @@ def test_a_partial_refund_at_the_gateway_during_a_refund_from_here_is_flagged_wh
     with app.app_context():
         tx = db.session.get(Transaction, tx_id)
         assert tx.needs_review and tx.review_reason == "partial_refund_made_at_gateway"
+
+
+def test_the_unknown_outcome_settles_only_the_flag_it_read(app, client, gateway, monkeypatch):
+    """Another send of a refund times out (raising refund_outcome_unknown again) between the
+    settling's read and its write: that new flag stays."""
+    _, tx_id, _ = paid_transaction(client, gateway)
+    with app.app_context():
+        if db.engine.url.get_backend_name() != "postgresql":
+            pytest.skip("an interleaving of two writers inside one function: PostgreSQL only (SQLite serialises them)")
+        flag_for_review(tx_id, refunds.OUTCOME_UNKNOWN)
+        db.session.commit()
+    real_utcnow, raised = refunds.utcnow, []
+
+    def raised_again_meanwhile():  # called by the settling between its read and its write
+        if not raised:
+            def flag_again():
+                with app.app_context():
+                    flag_for_review(tx_id, refunds.OUTCOME_UNKNOWN)
+                    db.session.commit()
+            other = threading.Thread(target=flag_again)
+            other.start()
+            other.join(10)
+            raised.append(True)
+        return real_utcnow()
+
+    monkeypatch.setattr(refunds, "utcnow", raised_again_meanwhile)
+    with app.app_context():
+        refunds._outcome_known(tx_id, None)
+        db.session.commit()
+        assert raised and db.session.get(Transaction, tx_id).needs_review

@@ -183,8 +183,10 @@ def test_a_page_that_leaves_while_its_join_is_handled_is_no_fault(app, admin_cli
     the server puts it in the room. Before, that logged an error with a traceback."""
     socket_leaves_during(monkeypatch, sessions, "current_hash")
     caplog.set_level(logging.ERROR)
+    other = socketio.test_client(app, flask_test_client=client)  # as in production: not the only socket
     sio = socketio.test_client(app, flask_test_client=admin_client)
     sio.emit("ops_join")
+    other.disconnect()
     assert list(socketio.server.manager.get_participants("/", "ops")) == []
     with app.app_context():
         assert db.session.scalars(select(StaffSocket)).all() == []  # its record went with it

@@ -129,9 +129,11 @@ def test_a_page_that_leaves_while_its_join_is_handled_is_no_fault(app, client, p
     """The waiting page closed right after asking to join: nothing to push to, and no error."""
     socket_leaves_during(monkeypatch, realtime, "find_transaction")
     caplog.set_level(logging.ERROR)
+    other = socketio.test_client(app, flask_test_client=client)  # as in production: not the only socket
     sio = socketio.test_client(app, flask_test_client=client)
     tx_id = payment["transaction_id"]
     sio.emit("join", {"transaction_id": tx_id})
     assert list(socketio.server.manager.get_participants("/", room_for(tx_id))) == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert not sio.is_connected()  # it did leave (the page's join was the case under test)
+    other.disconnect()
