@@ -43,10 +43,9 @@ def _check_database() -> str | None:
             return f"{len(missing)} table(s) missing: run flask --app wsgi db upgrade"
         return None
     except Exception as exc:  # any driver error means "not ready"
-        db.session.rollback()
         return type(exc).__name__
     finally:
-        db.session.rollback()  # no transaction left open by a probe
+        db.session.rollback()  # no transaction left open by a probe, failed or not
 
 
 @lru_cache(maxsize=1)

@@ -58,32 +58,20 @@ def apply_report(
             f"gateway success for {amount} {currency} does not match {tx.amount} {tx.currency}: not applied",
             tx_id=tx.id, source=source, actor=actor, detail=detail, before_commit=before_commit)
     if status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED):
-        before_commit = _books_follow_refund(tx, status, source, actor, before_commit)
+        before_commit = _books_follow_refund(tx.id, status, source, actor, before_commit)
     return apply_status(tx.id, status, source=source, summary=summary, detail=detail, actor=actor,
                         before_commit=before_commit, known=tx)
 
 
-def _books_follow_refund(tx: TxState, status: Status, source: str, actor: str | None,
+def _books_follow_refund(transaction_id: str, status: Status, source: str, actor: str | None,
                          before_commit: Callable[[Decision], None] | None) -> Callable[[Decision], None]:
-    """``before_commit`` for a refund status the gateway reports (a refund made at the gateway,
-    not here): when the move applies, ``refunded`` counts the whole amount as refunded, and a
-    partial refund of which nothing is counted here is flagged, since its amount is unknown and
-    what the ops page offers to refund would be too much."""
+    """``before_commit`` for a refund status the gateway reports: when the move applies, the
+    refund books follow it (``refunds.follow_gateway_refund``)."""
     def follow(decision: Decision) -> None:
         if decision.outcome == Outcome.APPLIED:
-            if status == Status.REFUNDED:
-                counted = db.session.execute(
-                    update(Transaction).where(Transaction.id == tx.id, Transaction.refunded_amount < tx.amount)
-                    .values(refunded_amount=tx.amount).execution_options(synchronize_session=False)).rowcount
-                if counted:
-                    timeline.record(tx.id, "status", source, "the gateway reports the whole payment refunded: "
-                                    "counted as refunded, including what was refunded at the gateway",
-                                    outcome="ok", actor=actor)
-            else:
-                # refunds imports ops, which imports this module: imported here, when needed
-                from app.services.refunds import flag_uncounted_partial_refund
+            from app.services.refunds import follow_gateway_refund  # refunds imports ops, which imports this
 
-                flag_uncounted_partial_refund(tx.id, source, actor)
+            follow_gateway_refund(transaction_id, status, source, actor)
         if before_commit:
             before_commit(decision)
 

@@ -27,6 +27,7 @@ from app.services import timeline
 from app.services.errors import ServiceError
 from app.services.payments import get_transaction
 from app.services.gateway_reports import MISMATCH, CloseUnanswered, apply_gateway_answer, close_session
+from app.services.status_moves import flag_as_read
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 50
@@ -328,10 +329,7 @@ def mark_reviewed(transaction_id: str, actor: str, seen_reason: str | None,
     now = utcnow()
     cleared = db.session.execute(
         update(Transaction).where(Transaction.id == tx.id, Transaction.needs_review.is_(True),
-                                  Transaction.review_reason.is_(None) if reason is None
-                                  else Transaction.review_reason == reason,
-                                  Transaction.flagged_at.is_(None) if tx.flagged_at is None
-                                  else Transaction.flagged_at == tx.flagged_at)
+                                  *flag_as_read(reason, tx.flagged_at))
         .values(needs_review=False, reviewed_at=now, reviewed_by=actor)
         .execution_options(synchronize_session=False)
     ).rowcount

@@ -29,7 +29,7 @@ from app.services import timeline
 from app.services.errors import ServiceError
 from app.services.ops import money_text, notify_ops
 from app.services.payments import get_transaction
-from app.services.status_moves import apply_status, flag_for_review
+from app.services.status_moves import apply_status, flag_as_read, flag_for_review
 from app.services.waiting import wait_for
 
 log = logging.getLogger(__name__)
@@ -243,9 +243,7 @@ def _outcome_known(transaction_id: str, actor: str | None) -> None:
                                                      "reviewed_by": "system"}
     done = db.session.execute(
         update(Transaction).where(Transaction.id == transaction_id, Transaction.needs_review.is_(True),
-                                  Transaction.review_reason == flag.review_reason,
-                                  Transaction.flagged_at.is_(None) if flag.flagged_at is None
-                                  else Transaction.flagged_at == flag.flagged_at).values(**settled)
+                                  *flag_as_read(flag.review_reason, flag.flagged_at)).values(**settled)
         .execution_options(synchronize_session=False)
     ).rowcount
     if done:
@@ -316,6 +314,21 @@ def flag_unanswered_refunds(older_than: timedelta, limit: int = 100) -> int:
         flagged += _flag_unanswered(record, f"no answer was recorded since {sent.isoformat(timespec='seconds')}Z "
                                     "(the request was cut off)", None, swept=True)
     return flagged
+
+
+def follow_gateway_refund(transaction_id: str, status: Status, source: str, actor: str | None) -> None:
+    """The books after the gateway reported a refund status that was applied (a refund made at
+    the gateway, not here): ``refunded`` counts the whole amount as refunded; a partial refund
+    of which nothing is counted here is flagged. In the caller's database transaction."""
+    if status != Status.REFUNDED:
+        flag_uncounted_partial_refund(transaction_id, source, actor)
+        return
+    counted = db.session.execute(
+        update(Transaction).where(Transaction.id == transaction_id, Transaction.refunded_amount < Transaction.amount)
+        .values(refunded_amount=Transaction.amount).execution_options(synchronize_session=False)).rowcount
+    if counted:
+        timeline.record(transaction_id, "status", source, "the gateway reports the whole payment refunded: "
+                        "counted as refunded, including what was refunded at the gateway", outcome="ok", actor=actor)
 
 
 def flag_uncounted_partial_refund(transaction_id: str, source: str, actor: str | None) -> None:

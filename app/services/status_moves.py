@@ -104,6 +104,13 @@ def _mark_order_paid(tx: TxState, now) -> str | None:
     return None if paid_by == tx.id else "duplicate_payment_refund_owed"
 
 
+def flag_as_read(review_reason: str | None, flagged_at) -> list:
+    """Conditions for a compare-and-set on a transaction's review flag: its reasons and when a
+    reason was last raised are still as read (a reason raised again changes the second)."""
+    return [Transaction.review_reason.is_not_distinct_from(review_reason),
+            Transaction.flagged_at.is_not_distinct_from(flagged_at)]
+
+
 def flag_for_review(tx_id: str, reason: str) -> None:
     """Set the needs-review flag with ``reason`` added to any reasons still open (in the caller's
     database transaction)."""

@@ -20,12 +20,13 @@ from app.gateways.base import GatewayUnavailable, SessionRequest
 from app.gateways.registry import get_gateway
 from app.gateways.sandbox_client import SandboxGateway
 from tests.conftest import place_order, prepare_database
+from tests.gateways.support import LoopbackServer
 
 SECRET = ["whsec_c2VjcmV0"]
 RETRIES = config.TestConfig.GATEWAY_RETRIES  # what the app is configured with
 
 
-class WireGateway:
+class WireGateway(LoopbackServer):
     """A listener on 127.0.0.1 (port 0) that reads each request whole, records it, and then acts
     as ``plan`` says for that connection: ``close`` (hang up without a word), ``silent`` (keep
     the connection open and never answer) or ``answer`` (a create-session answer). Connections
@@ -36,18 +37,7 @@ class WireGateway:
         self.requests: list[dict] = []
         self.changed = threading.Condition()
         self.held: list[socket.socket] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._serve, name="wire-gateway", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        super().__init__()
 
     @staticmethod
     def _read_request(conn: socket.socket) -> dict | None:
@@ -69,7 +59,7 @@ class WireGateway:
         method, path, _ = lines[0].split(" ", 2)
         return {"method": method, "path": path, "headers": headers, "body": body}
 
-    def _handle(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         request = self._read_request(conn)
         if request is None:
             conn.close()

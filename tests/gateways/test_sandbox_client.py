@@ -1,6 +1,5 @@
 """The sandbox adapter's parsing of gateway answers (contract section 4)."""
 
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import responses
 from app.domain.status import Status
 from app.gateways.base import GatewayError, GatewayRejected, GatewayUnavailable
 from app.gateways.sandbox_client import SandboxGateway
+from tests.gateways.support import LoopbackServer
 
 BASE = "http://gw.test"
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def test_timeouts_are_retried_then_unavailable(gw):
         gw.fetch_status("txn_1")
 
 
-class DripGateway:
+class DripGateway(LoopbackServer):
     """A gateway on a real socket that sends its answer one byte at a time.
 
     Each byte comes well within the read timeout, so only the call's whole-time budget can
@@ -105,19 +105,9 @@ class DripGateway:
         self.body, self.every, self.drip_head = body, every, drip_head
         self.requests = 0
         self.answered = threading.Event()  # set when one whole answer has been sent
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn):
+    def handle(self, conn):
         with conn:
             received = b""
             while b"\r\n\r\n" not in received:
