@@ -79,10 +79,12 @@ class Config:
     SECRET_KEY = _env("SECRET_KEY") or _env("CHECKOUT_DEV_SECRET_KEY") or secrets.token_hex(32)
     SQLALCHEMY_DATABASE_URI = _env("DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'checkout.db'}")
     # A pool larger than SQLAlchemy's default 5+10: one gevent worker serves many requests at once.
+    # No pool_pre_ping: app/connections.py checks a connection at checkout without a round trip,
+    # and pings only one idle for longer than DATABASE_PING_AFTER_IDLE seconds.
     SQLALCHEMY_ENGINE_OPTIONS: dict = (
-        {} if SQLALCHEMY_DATABASE_URI.startswith("sqlite")
-        else {"pool_pre_ping": True, "pool_size": 20, "max_overflow": 20}
+        {} if SQLALCHEMY_DATABASE_URI.startswith("sqlite") else {"pool_size": 20, "max_overflow": 20}
     )
+    DATABASE_PING_AFTER_IDLE = 10.0
     PUBLIC_BASE_URL = (_env("PUBLIC_BASE_URL", "http://127.0.0.1:5000") or "").rstrip("/")
 
     PAYMENT_GATEWAY = _env("PAYMENT_GATEWAY", "sandbox")

@@ -101,11 +101,12 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     INSTANCE_DIR.mkdir(exist_ok=True)
     _configure_logging(app)
 
-    from app import auth, cli, http, jobs, metrics, security
+    from app import auth, cli, connections, http, jobs, metrics, security
     from app.extensions import csrf, db, limiter, login_manager, migrate, socketio
     from app.gateways import registry
 
     db.init_app(app)
+    connections.init_app(app)
     migrate.init_app(app, db, directory=str(INSTANCE_DIR.parent / "migrations"))
     csrf.init_app(app)
     login_manager.init_app(app)

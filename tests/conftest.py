@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import pytest
@@ -66,13 +67,13 @@ def database_url(request, tmp_path):
     return request.getfixturevalue("postgres_url")
 
 
-@pytest.fixture
-def make_app(database_url):
-    """Build app instances on this test's database; extra settings override TestConfig."""
+@contextmanager
+def _apps_on(url: str):
+    """A builder of app instances on ``url``, each disposed of when the block ends."""
     built = []
 
     def build(**overrides):
-        app = create_app({**_test_settings(), "SQLALCHEMY_DATABASE_URI": database_url, **overrides})
+        app = create_app({**_test_settings(), "SQLALCHEMY_DATABASE_URI": url, **overrides})
         built.append(app)
         return app
 
@@ -81,6 +82,20 @@ def make_app(database_url):
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+@pytest.fixture
+def make_app(database_url):
+    """Build app instances on this test's database; extra settings override TestConfig."""
+    with _apps_on(database_url) as build:
+        yield build
+
+
+@pytest.fixture
+def make_pg_app(postgres_url):
+    """Build app instances on this worker's PostgreSQL database only (no SQLite run)."""
+    with _apps_on(postgres_url) as build:
+        yield build
 
 
 def prepare_database(app, database_url: str) -> None:

@@ -1,0 +1,67 @@
+"""Pooled PostgreSQL connections are checked at checkout (app/connections.py), on a real server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from app.extensions import db
+from tests.conftest import prepare_database
+
+
+@pytest.fixture
+def admin(postgres_url):
+    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        yield conn
+    engine.dispose()
+
+
+def _pooled_pid(app) -> int:
+    """The backend of the connection the app's pool holds after one use."""
+    with app.app_context():
+        pid = db.session.scalar(sa.text("SELECT pg_backend_pid()"))
+        db.session.remove()
+    return pid
+
+
+def _last_statement(admin, pid: int) -> str:
+    return admin.scalar(sa.text("SELECT query FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid})
+
+
+def test_a_connection_the_server_ended_is_replaced_before_a_request_uses_it(make_pg_app, postgres_url, admin):
+    app = make_pg_app()
+    prepare_database(app, postgres_url)
+    app.test_client().get("/api/products")
+    ended = _pooled_pid(app)
+    admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": ended})  # a restart, as a pooled session sees it
+    deadline = time.monotonic() + 5
+    while _last_statement(admin, ended) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    response = app.test_client().get("/api/products")
+
+    assert response.status_code == 200, response.get_json()
+    assert [product["sku"] for product in response.get_json()]
+    assert _pooled_pid(app) != ended
+
+
+def test_only_a_connection_idle_longer_than_the_setting_is_pinged(make_pg_app, admin):
+    app = make_pg_app(DATABASE_PING_AFTER_IDLE=0.3)
+    with app.app_context():
+        engine = db.engine
+    with engine.connect() as conn:
+        pid = conn.scalar(sa.text("SELECT pg_backend_pid()"))
+        conn.commit()
+    assert _last_statement(admin, pid) == "COMMIT"
+
+    with engine.connect() as conn:  # used a moment ago: its socket is looked at, nothing is sent
+        assert _last_statement(admin, pid) == "COMMIT"
+        assert conn.scalar(sa.text("SELECT pg_backend_pid()")) == pid
+        conn.commit()
+    time.sleep(0.4)
+    with engine.connect() as conn:  # idle for longer: pinged before it is handed out
+        assert _last_statement(admin, pid) == ";"
+        assert conn.scalar(sa.text("SELECT pg_backend_pid()")) == pid
