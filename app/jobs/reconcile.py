@@ -287,7 +287,7 @@ def expire_one(claim: Claim) -> str | Quiet:
         db.session.rollback()
         return _error(claim, "expiring the gateway session failed", exc, reschedule=False)
     if result.applied:
-        return "expired" if result.decision.target == Status.EXPIRED else "paid"
+        return "paid" if result.decision.target == Status.SUCCESS else "expired"  # closed, as asked if it was
     return "flagged" if result.flagged else "raced"  # raced: a webhook or ops moved it first
 
 

@@ -47,8 +47,7 @@ def apply_report(
     tx = known or read_state(transaction_id)
     if tx is None:
         raise transaction_not_found()
-    if status == Status.EXPIRED and tx.closing_as not in (None, Status.EXPIRED) and tx.status != Status.EXPIRED:
-        # The gateway expired the session because we asked it to on a cancel: record the cancel.
+    if _closed_as_asked(status, tx) != status:
         status = tx.closing_as
         summary = f"{summary or 'gateway says expired'}: the session was closed on request, so {status.value}"
     if status == Status.SUCCESS and (amount, currency) != (tx.amount, tx.currency):
@@ -61,6 +60,14 @@ def apply_report(
         before_commit = _books_follow_refund(tx.id, status, source, actor, before_commit)
     return apply_status(tx.id, status, source=source, summary=summary, detail=detail, actor=actor,
                         before_commit=before_commit, known=tx)
+
+
+def _closed_as_asked(expiry: Status, tx: TxState) -> Status:
+    """What an expiry of the payment's session is: the close we asked the gateway for (an ops
+    cancel whose answer never came) when there was one, else the expiry itself."""
+    if expiry == Status.EXPIRED and tx.closing_as not in (None, Status.EXPIRED) and tx.status != Status.EXPIRED:
+        return tx.closing_as
+    return expiry
 
 
 def _books_follow_refund(transaction_id: str, status: Status, source: str, actor: str | None,
@@ -134,7 +141,10 @@ def close_session(
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary} (no gateway session was opened)")
     if closed_as == Status.EXPIRED:
-        return _close(tx, closed_as, source=source, summary=summary, actor=actor, before_commit=before_commit)
+        asked = _closed_as_asked(closed_as, read_state(tx.id))
+        if asked != closed_as:  # an earlier close got no answer: closing the session now is that close
+            summary = f"{summary}: the session had been asked to close as {asked.value} earlier, so {asked.value}"
+        return _close(tx, asked, source=source, summary=summary, actor=actor, before_commit=before_commit)
     _remember_closing(tx.id, closed_as)  # committed before the call: its expiry webhook may come first
     try:
         result = _close(tx, closed_as, source=source, summary=summary, actor=actor, before_commit=before_commit)

@@ -5,14 +5,16 @@ import requests
 import responses
 from sqlalchemy import update
 
+from app.domain.status import Status
 from app.extensions import db
 from app.models import Transaction
+from app.services.gateway_reports import CloseUnanswered, close_session
 from tests import fulfillment_probe
 from tests.conftest import GATEWAY
 
 from .support import (
     EXPIRES_AFTER, answer_expire, answer_status, expire_calls, order_status, pending_payment, poller_lines, reconcile,
-    row, status_calls,
+    row, set_age, status_calls,
 )
 
 
@@ -194,3 +196,22 @@ def test_a_mismatch_already_flagged_is_not_recorded_again_at_every_check(app, cl
         assert reconcile(app).checked == 1
     assert status_calls(gateway, tx_id) == 3 and poller_lines(app, tx_id) == []
     assert row(app, tx_id).status == "pending" and fulfillment_probe.calls == []
+
+
+def test_an_unanswered_cancel_is_what_the_pass_records_when_it_closes_the_session(app, client, gateway):
+    """Ops cancelled, the gateway never answered the expire: when the pass later closes the
+    session itself, that close is the cancel, as the gateway's own expiry report would be."""
+    order_id, tx_id = pending_payment(app, client, gateway, 60)
+    gateway.add(responses.POST, f"{GATEWAY}/sessions/cs_{tx_id}/expire", body=requests.ConnectionError("no answer"))
+    with app.app_context(), pytest.raises(CloseUnanswered):
+        close_session(tx_id, Status.CANCELLED, source="ops", summary="cancelled by ops", actor="ops@example.com")
+    assert (row(app, tx_id).status, row(app, tx_id).closing_as) == ("pending", "cancelled")
+    gateway.replace(responses.POST, f"{GATEWAY}/sessions/cs_{tx_id}/expire", json={"status": "expired"})
+    set_age(app, tx_id, EXPIRES_AFTER + 60)
+
+    summary = reconcile(app)
+
+    assert row(app, tx_id).status == "cancelled"
+    assert (summary.expired, summary.errors) == (1, 0)
+    assert "asked to close as cancelled earlier" in poller_lines(app, tx_id)[-1][2]
+    assert order_status(app, order_id) == "open"
