@@ -40,6 +40,9 @@ class Transaction(db.Model):
     # Set just before we ask the gateway to expire the session on someone's request (the
     # shopper's or ops' cancel): the gateway's "expired" that follows is then recorded as this.
     closing_as: Mapped[str | None] = mapped_column(String(24))
+    # A refund status the gateway reported before this payment's success was applied (its
+    # deliveries came out of order): the success, when it comes, is followed by this refund.
+    refund_reported: Mapped[str | None] = mapped_column(String(24))
     # Reconciliation bookkeeping: when to ask the gateway next, how often we asked, who holds it.
     next_check_at: Mapped[datetime | None]
     check_attempts: Mapped[int] = mapped_column(default=0)

@@ -18,11 +18,12 @@ from datetime import timedelta
 from typing import Callable
 
 from flask import current_app
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, exists, or_, select, update
 
+from app.domain.status import Status
 from app.extensions import db
 from app.metrics import FULFILLMENTS
-from app.models import Order, OrderStatus
+from app.models import Order, OrderStatus, Transaction
 from app.models.clock import utcnow
 from app.services import timeline
 
@@ -54,17 +55,28 @@ def load_handler(path: str) -> Callable[[str, str], object]:
     return handler
 
 
+# A payment refunded in full before its order was fulfilled: the order is never handed to the
+# handler after that (shipping it would give the goods away); it stays paid, as the timeline says.
+_NOT_REFUNDED = ~exists().where(Transaction.id == Order.paid_transaction_id,
+                                Transaction.status == Status.REFUNDED.value)
+
+
+def _lease_start(now):
+    """Claims taken before this have outlived their lease."""
+    return now - timedelta(seconds=current_app.config["FULFILLMENT_LEASE_SECONDS"])
+
+
+def _claim_free(now):
+    """Orders whose claim is free: never taken, released, or outlived its lease."""
+    return or_(Order.fulfillment_claimed_at.is_(None), Order.fulfillment_claimed_at < _lease_start(now))
+
+
 def fulfill_order(order_id: str, *, source: str = "system") -> bool:
     """Claim a paid order nobody is fulfilling and run its handler; True when this call fulfilled it."""
     now = utcnow()
-    stale = now - timedelta(seconds=current_app.config["FULFILLMENT_LEASE_SECONDS"])
     claimed = db.session.execute(
         update(Order)
-        .where(
-            Order.id == order_id,
-            Order.status == OrderStatus.PAID.value,
-            or_(Order.fulfillment_claimed_at.is_(None), Order.fulfillment_claimed_at < stale),
-        )
+        .where(Order.id == order_id, Order.status == OrderStatus.PAID.value, _claim_free(now), _NOT_REFUNDED)
         .values(fulfillment_claimed_at=now, fulfillment_attempts=Order.fulfillment_attempts + 1)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -82,12 +94,7 @@ def run_claimed(order_id: str, transaction_id: str, claimed_at, *, source: str =
     except Exception as exc:  # the handler is someone else's code: record, release, retry later
         log.exception("order=%s txn=%s fulfillment handler failed", order_id, transaction_id)
         db.session.rollback()
-        db.session.execute(
-            update(Order)
-            .where(Order.id == order_id, Order.fulfillment_claimed_at == claimed_at)
-            .values(fulfillment_claimed_at=None)
-            .execution_options(synchronize_session=False)
-        )
+        release_claim(order_id, claimed_at)
         timeline.record(
             transaction_id, "fulfillment", source, f"fulfillment handler failed: {type(exc).__name__}: {exc}"[:500],
             outcome="error",
@@ -116,20 +123,45 @@ def run_claimed(order_id: str, transaction_id: str, claimed_at, *, source: str =
     return True
 
 
+def release_claim(order_id: str, claimed_at) -> None:
+    """Give up the order's fulfillment claim taken at ``claimed_at`` (in the caller's database
+    transaction); a claim taken over since is left alone."""
+    db.session.execute(
+        update(Order)
+        .where(Order.id == order_id, Order.fulfillment_claimed_at == claimed_at)
+        .values(fulfillment_claimed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def hold_refunded_order(order_id: str, transaction_id: str, source: str, actor: str | None) -> None:
+    """Say on the timeline that the order its payment paid will not be fulfilled, when the
+    payment is refunded in full before the order was (in the caller's database transaction).
+    The handler is not run for it after this: ``fulfill_order`` and the retry list skip it."""
+    order = db.session.execute(select(Order.status, Order.fulfillment_claimed_at).where(
+        Order.id == order_id, Order.paid_transaction_id == transaction_id)).first()
+    if order is None or order.status != OrderStatus.PAID.value:
+        return
+    if order.fulfillment_claimed_at is not None and order.fulfillment_claimed_at >= _lease_start(utcnow()):
+        line = ("refunded in full while the fulfillment handler was running: "
+                "the order is fulfilled if the handler returns")
+    else:
+        line = "refunded in full before the order was fulfilled: the order will not be fulfilled"
+    timeline.record(transaction_id, "fulfillment", source, line, outcome="held", actor=actor)
+    log.warning("order=%s txn=%s %s", order_id, transaction_id, line)
+
+
 def orders_awaiting_fulfillment(limit: int = 100) -> list[str]:
-    """Paid orders whose handler has not returned yet (for reconciliation to retry).
+    """Paid orders whose handler has not returned yet (for reconciliation to retry), except
+    those whose payment was refunded in full first.
 
     Least-tried first, then oldest: orders whose handler keeps failing sink below new ones,
     so a few broken orders never starve the rest.
     """
-    stale = utcnow() - timedelta(seconds=current_app.config["FULFILLMENT_LEASE_SECONDS"])
     return list(
         db.session.scalars(
             select(Order.id)
-            .where(
-                Order.status == OrderStatus.PAID.value,
-                or_(Order.fulfillment_claimed_at.is_(None), Order.fulfillment_claimed_at < stale),
-            )
+            .where(Order.status == OrderStatus.PAID.value, _claim_free(utcnow()), _NOT_REFUNDED)
             .order_by(Order.fulfillment_attempts, Order.paid_at)
             .limit(limit)
         )

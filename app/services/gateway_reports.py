@@ -24,6 +24,7 @@ from app.services.status_moves import MoveResult, TxState, apply_status, flag_fo
 
 log = logging.getLogger(__name__)
 MISMATCH = "amount_mismatch"
+REFUND_BEFORE_SUCCESS = "refund_reported_before_success"
 FINAL_WITHOUT_MONEY = (Status.FAILURE, Status.EXPIRED, Status.CANCELLED)
 
 
@@ -58,8 +59,33 @@ def apply_report(
             tx_id=tx.id, source=source, actor=actor, detail=detail, before_commit=before_commit)
     if status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED):
         before_commit = _books_follow_refund(tx.id, status, source, actor, before_commit)
+    if status == Status.SUCCESS and tx.refund_reported is not None:
+        return _success_then_refund(tx, source=source, summary=summary, detail=detail, actor=actor,
+                                    before_commit=before_commit)
     return apply_status(tx.id, status, source=source, summary=summary, detail=detail, actor=actor,
                         before_commit=before_commit, known=tx)
+
+
+def _success_then_refund(tx: TxState, *, source: str, summary: str, detail: dict | None, actor: str | None,
+                         before_commit: Callable[[Decision], None] | None) -> MoveResult:
+    """The success of a payment the gateway already reported refunded (its deliveries came out
+    of order): the success applies and pays the order, the refund follows before any handler
+    runs, and the order is fulfilled only if the payment was not refunded in full."""
+    from app.services import fulfillment  # fulfillment is reached through status_moves too; keep it lazy
+
+    result = apply_status(tx.id, Status.SUCCESS, source=source, summary=summary, detail=detail, actor=actor,
+                          before_commit=before_commit, known=tx, fulfil=False)
+    if not result.applied:
+        return result
+    if result.order_paid:
+        fulfillment.release_claim(tx.order_id, result.claimed_at)  # the handler waits for the refund's move
+    refund = tx.refund_reported
+    apply_status(tx.id, refund, source=source, actor=actor,
+                 summary=f"the {refund.value} the gateway reported before this success, applied after it",
+                 before_commit=_books_follow_refund(tx.id, refund, source, actor, None))
+    if result.order_paid:
+        fulfillment.fulfill_order(tx.order_id, source=source)  # skips an order refunded in full
+    return result
 
 
 def _closed_as_asked(expiry: Status, tx: TxState) -> Status:
@@ -79,10 +105,30 @@ def _books_follow_refund(transaction_id: str, status: Status, source: str, actor
             from app.services.refunds import follow_gateway_refund  # refunds imports ops, which imports this
 
             follow_gateway_refund(transaction_id, status, source, actor)
+        elif decision.outcome == Outcome.REFUSED and decision.current in (Status.PENDING, *FINAL_WITHOUT_MONEY):
+            _remember_early_refund(transaction_id, status, source, actor)
         if before_commit:
             before_commit(decision)
 
     return follow
+
+
+def _remember_early_refund(transaction_id: str, status: Status, source: str, actor: str | None) -> None:
+    """A refund reported for a payment whose success was not: the gateway took the money and gave
+    it back, and the success is still on its way. Remembered (``refunded`` is kept over a partial)
+    so that the success, when it comes, is followed by it; flagged, since it may never come.
+    Said once, however often it is reported. In the caller's database transaction."""
+    news = (Transaction.refund_reported.is_distinct_from(Status.REFUNDED.value) if status == Status.REFUNDED
+            else Transaction.refund_reported.is_(None))
+    if not db.session.execute(
+        update(Transaction).where(Transaction.id == transaction_id, news).values(refund_reported=status.value)
+        .execution_options(synchronize_session=False)
+    ).rowcount:
+        return
+    flag_for_review(transaction_id, REFUND_BEFORE_SUCCESS)
+    timeline.record(transaction_id, "flag", source, f"the gateway reports the payment {status.value} before "
+                    "reporting its success: flagged, and the refund will follow the success when it comes",
+                    outcome="flagged", actor=actor)
 
 
 def apply_gateway_answer(answer: GatewayStatus, *, source: str, summary: str, actor: str | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable
 
 from sqlalchemy import and_, bindparam, case, func, select
@@ -62,10 +63,12 @@ class TxState:
     amount: int
     currency: str
     closing_as: Status | None = None  # what we asked the gateway to close the session as, if we did
+    refund_reported: Status | None = None  # a refund the gateway reported before the success was applied
 
 
 _READ = select(_transactions.c.id, _transactions.c.order_id, _transactions.c.status, _transactions.c.amount,
-               _transactions.c.currency, _transactions.c.closing_as).where(_transactions.c.id == bindparam("tx_id"))
+               _transactions.c.currency, _transactions.c.closing_as, _transactions.c.refund_reported,
+               ).where(_transactions.c.id == bindparam("tx_id"))
 
 
 def read_state(transaction_id: str) -> TxState | None:
@@ -76,7 +79,8 @@ def read_state(transaction_id: str) -> TxState | None:
     if row is None:
         return None
     return TxState(row.id, row.order_id, Status(row.status), row.amount, row.currency,
-                   Status(row.closing_as) if row.closing_as else None)
+                   Status(row.closing_as) if row.closing_as else None,
+                   Status(row.refund_reported) if row.refund_reported else None)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class MoveResult:
     decision: Decision
     order_paid: bool = False  # this move made the order paid (so this caller fulfills it)
     flagged: str | None = None
+    claimed_at: datetime | None = None  # when the order's fulfillment claim was taken, if order_paid
 
     @property
     def applied(self) -> bool:
@@ -127,13 +132,16 @@ def apply_status(
     actor: str | None = None,
     before_commit: Callable[[Decision], None] | None = None,
     known: TxState | None = None,
+    fulfil: bool = True,
 ) -> MoveResult:
     """Move the transaction to ``target`` if the table allows it, and commit.
 
     Joins the caller's open database transaction (so a webhook's dedup row commits with
     the move); ``before_commit`` lets the caller add its own rows to that commit, and
-    ``known`` spares a read the caller just made. Returns what happened; raises
-    ServiceError 404 for an unknown transaction.
+    ``known`` spares a read the caller just made. A move to success that pays the order
+    runs the fulfillment handler after the commit, unless ``fulfil`` is False: the caller
+    then holds the order's claim (``claimed_at``) and decides. Returns what happened;
+    raises ServiceError 404 for an unknown transaction.
     """
     for attempt in range(10):
         # The caller's read may be stale by now: the compare-and-set below catches that, and
@@ -172,6 +180,10 @@ def apply_status(
         if flag:
             flag_for_review(tx.id, flag)
             timeline.record(tx.id, "flag", source, f"flagged for review: {flag}", outcome="flagged", actor=actor)
+        if target == Status.REFUNDED:
+            from app.services.fulfillment import hold_refunded_order
+
+            hold_refunded_order(tx.order_id, tx.id, source, actor)
         timeline.record(
             tx.id, "status", source, summary or f"status {current} -> {target}",
             outcome=Outcome.APPLIED.value, from_status=current, to_status=target, detail=detail, actor=actor,
@@ -187,9 +199,10 @@ def apply_status(
         from app.realtime import notify_status  # realtime imports services; keep the cycle lazy
 
         notify_status(transaction_id, target.value)
-        if order_paid:
+        if order_paid and fulfil:
             from app.services.fulfillment import run_claimed
 
             run_claimed(order_id, transaction_id, now, source=source)
-        return MoveResult(transaction_id, decision, order_paid=order_paid, flagged=flag)
+        return MoveResult(transaction_id, decision, order_paid=order_paid, flagged=flag,
+                          claimed_at=now if order_paid else None)
     raise RuntimeError(f"status of {transaction_id} kept changing under apply_status")

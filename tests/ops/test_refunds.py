@@ -11,11 +11,12 @@ import responses
 from sqlalchemy import func, select, update
 
 from app.extensions import db
-from app.models import Refund, Transaction, TransactionEvent
+from app.models import Order, Refund, Transaction, TransactionEvent
 from app.models.clock import utcnow
 from app.services import refunds
 from app.services.errors import ServiceError
 from app.services.status_moves import flag_for_review
+from tests import fulfillment_probe
 from tests.conftest import GATEWAY, place_order, post_webhook, start_payment, status_event
 from tests.jobs.support import reconcile
 from tests.ops.conftest import ADMIN, paid_transaction, post_form
@@ -603,3 +604,67 @@ def test_the_unknown_outcome_settles_only_the_flag_it_read(app, client, gateway,
         refunds._outcome_known(tx_id, None)
         db.session.commit()
         assert raised and db.session.get(Transaction, tx_id).needs_review
+
+
+def _order_row(app, order_id):
+    with app.app_context():
+        return db.session.get(Order, order_id)
+
+
+def _fulfillment_lines(app, tx_id):
+    with app.app_context():
+        return [(e.outcome, e.summary) for e in db.session.scalars(select(TransactionEvent).where(
+            TransactionEvent.transaction_id == tx_id, TransactionEvent.kind == "fulfillment")
+            .order_by(TransactionEvent.id))]
+
+
+@pytest.mark.parametrize(("refund", "ships"), [("full", False), ("partial", True)])
+def test_an_order_refunded_in_full_before_it_was_fulfilled_is_not_fulfilled_later(app, client, gateway,
+                                                                                   refund, ships):
+    """The handler failed at payment time (the order waits, paid), then ops refunded: a refund of
+    everything means the goods must not go out when the next pass retries; a partial one ships."""
+    fulfillment_probe.reset(fail_times=1)
+    order, tx_id, amount = paid_transaction(client, gateway)
+    assert _order_row(app, order["order_id"]).status == "paid"
+    gateway_refunds(gateway)
+    with app.app_context():
+        refunds.refund(tx_id, amount if refund == "full" else 700, ADMIN)
+
+    summary = reconcile(app)
+
+    assert _order_row(app, order["order_id"]).status == ("fulfilled" if ships else "paid")
+    assert fulfillment_probe.calls == ([(order["order_id"], tx_id)] if ships else [])
+    assert summary.fulfilled == (1 if ships else 0)
+    held = [line for line in _fulfillment_lines(app, tx_id) if line[0] == "held"]
+    assert held == ([] if ships else [("held", "refunded in full before the order was fulfilled: "
+                                               "the order will not be fulfilled")])
+    assert reconcile(app).fulfilled == 0 and len(fulfillment_probe.calls) == (1 if ships else 0)
+
+
+@pytest.mark.parametrize(("reported", "ships"), [("refunded", False), ("partially_refunded", True)])
+def test_a_refund_reported_before_the_success_follows_it_before_any_fulfillment(app, client, gateway,
+                                                                                reported, ships):
+    """The gateway's deliveries came out of order: the refund (made in its dashboard) arrives
+    while the payment is still pending here, the success after it."""
+    order = place_order(client)
+    tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    for _ in range(2):  # delivered twice (two deliveries of the gateway's): said once
+        assert post_webhook(client, status_event(tx_id, reported, 1999)).status_code == 200
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        assert (tx.status, tx.refund_reported, tx.needs_review) == ("pending", reported, True)
+        assert tx.review_reason == "refund_reported_before_success"
+        assert sum("before reporting its success" in e.summary for e in tx.events) == 1
+
+    assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 200
+
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        assert tx.status == reported
+        assert tx.refunded_amount == (1999 if reported == "refunded" else 0)
+        moves = [(e.from_status, e.to_status) for e in tx.events if e.kind == "status" and e.outcome == "applied"]
+        assert moves == [("pending", "success"), ("success", reported)]
+    assert _order_row(app, order["order_id"]).status == ("fulfilled" if ships else "paid")
+    assert fulfillment_probe.calls == ([(order["order_id"], tx_id)] if ships else [])
+    reconcile(app)
+    assert len(fulfillment_probe.calls) == (1 if ships else 0)
