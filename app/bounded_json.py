@@ -39,8 +39,21 @@ def nests_deeper_than(value: object, limit: int) -> bool:
     return False
 
 
+class NotJSON(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity``: Python's decoder reads them, JSON has no such values."""
+
+    def __init__(self, constant: str) -> None:
+        super().__init__(f"{constant} is not a JSON value")
+
+
+def _refuse_constant(constant: str) -> object:
+    raise NotJSON(constant)
+
+
 def loads(data: str | bytes, **kwargs) -> object:
-    """``json.loads`` that raises ValueError (never RecursionError) and refuses deep nesting."""
+    """``json.loads`` that raises ValueError (never RecursionError), refuses deep nesting and
+    the non-JSON constants ``NaN`` and ``Infinity`` (no float may sneak in as a number)."""
+    kwargs.setdefault("parse_constant", _refuse_constant)
     try:
         value = json.loads(data, **kwargs)
     except RecursionError:

@@ -54,15 +54,25 @@ def decode_secret(secret: str) -> bytes:
     return key
 
 
-def _digest(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> bytes:
-    signed = webhook_id.encode() + b"." + timestamp.encode() + b"." + body
+def _digest(key: bytes, webhook_id: bytes, timestamp: str, body: bytes) -> bytes:
+    signed = webhook_id + b"." + timestamp.encode() + b"." + body
     return hmac.new(key, signed, hashlib.sha256).digest()
+
+
+def _as_sent(header_value: str) -> bytes:
+    """The bytes a header arrived as. WSGI hands header values over decoded as Latin-1 (PEP 3333),
+    so encoding them back gives the bytes the sender signed, UTF-8 included; a value that is not
+    Latin-1 cannot have come from the wire, and is taken as the text the sender signed."""
+    try:
+        return header_value.encode("latin-1")
+    except UnicodeEncodeError:
+        return header_value.encode()
 
 
 def sign(secret: str, webhook_id: str, body: bytes, timestamp: int | None = None) -> SignedHeaders:
     """Sign ``body`` for delivery; the signature header carries one ``v1,`` entry."""
     ts = int(time.time()) if timestamp is None else int(timestamp)
-    digest = _digest(decode_secret(secret), webhook_id, str(ts), body)
+    digest = _digest(decode_secret(secret), webhook_id.encode(), str(ts), body)
     return SignedHeaders(webhook_id, ts, "v1," + base64.b64encode(digest).decode())
 
 
@@ -111,7 +121,7 @@ def verify(
 
     matched = False
     for secret in secrets:
-        expected = _digest(decode_secret(secret), webhook_id, ts_raw, body)
+        expected = _digest(decode_secret(secret), _as_sent(webhook_id), ts_raw, body)
         for candidate in candidates:
             # Evaluate every pair so timing does not reveal which one matched.
             matched |= hmac.compare_digest(expected, candidate)

@@ -24,6 +24,15 @@ def test_malformed_json_is_400(client, path):
 
 
 @pytest.mark.parametrize("path", ["/api/orders", "/initiate-payment"])
+@pytest.mark.parametrize("body", ["NaN", '{"order_id": NaN}', '{"order_id": "x", "amount": Infinity}',
+                                  '{"items": [{"sku": "TEE-BLACK", "quantity": -Infinity}]}'])
+def test_the_constants_python_reads_but_json_has_not_are_malformed(client, path, body):
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "malformed_json"
+
+
+@pytest.mark.parametrize("path", ["/api/orders", "/initiate-payment"])
 @pytest.mark.parametrize("body", ["null", "[]", "5", '"x"', "true"])
 def test_json_that_is_not_an_object_is_422(client, path, body):
     response = client.post(path, data=body, content_type="application/json")

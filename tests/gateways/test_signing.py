@@ -27,6 +27,19 @@ def test_the_library_signature_verifies_with_ours():
     assert signing.verify([DEV_WEBHOOK_SECRET], headers, BODY) == ("msg_2", int(now.timestamp()))
 
 
+def test_an_id_sent_as_utf8_is_verified_over_the_bytes_sent():
+    """WSGI hands a header over decoded as Latin-1 (PEP 3333): UTF-8 "é" arrives as "Ã©". The
+    sender signed the UTF-8 bytes, so those are what the signature is checked over."""
+    now = datetime.now(timezone.utc)
+    sent_id = "msg_café"
+    headers = {
+        "webhook-id": sent_id.encode().decode("latin-1"),  # as a WSGI server hands it over
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(DEV_WEBHOOK_SECRET).sign(sent_id, now, BODY.decode()),
+    }
+    assert signing.verify([DEV_WEBHOOK_SECRET], headers, BODY)[1] == int(now.timestamp())
+
+
 NOW = 1_700_000_000  # a fixed clock: the tolerance boundary is exact, whatever time.time() says
 
 
