@@ -98,6 +98,9 @@ class Config:
     PAYMENT_WEBHOOK_SECRET = _env("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
     PAYMENT_STATUS_CHECK_AFTER = _int("PAYMENT_STATUS_CHECK_AFTER", 900)
     PAYMENT_EXPIRES_AFTER = _int("PAYMENT_EXPIRES_AFTER", 1800)
+    # The waiting page also asks for the status this often while its socket is up (a push lost
+    # on its way must not leave it waiting for ever); it polls every 5 s only without a socket.
+    PAYMENT_PAGE_CHECK_SECONDS = 30
     # Gateway HTTP: per-attempt timeouts and retries, bounded to stay well under 30 s in all.
     GATEWAY_CONNECT_TIMEOUT = 2.0
     GATEWAY_READ_TIMEOUT = 4.0

@@ -102,6 +102,7 @@ def payment_page(transaction_id: str):
     return render_template(
         "payments/payment.html", tx=tx, order=order, screen=SCREENS.get(tx.status, "pending"),
         status_text=STATUS_TEXT, status_label=STATUS_LABEL, screens=SCREENS, poll_seconds=POLL_SECONDS,
+        check_seconds=current_app.config["PAYMENT_PAGE_CHECK_SECONDS"],
         left_at_gateway="cancelled" in request.args, can_cancel=held,
         access_code=checkout.display_access_code(order.access_code) if held else None,
     )

@@ -2,7 +2,9 @@
  *
  * Joins the transaction's Socket.IO room (the server pushes the current status on join and
  * every change after it); polls /check-payment-status every few seconds while the socket is
- * not connected or has not joined; stops both once the status is final. While the payment is
+ * not connected or has not joined, and asks it now and then even while it is (a push lost on
+ * its way, say a message queue failing between the join and the change, would otherwise leave
+ * the page waiting for ever); stops all of it once the status is final. While the payment is
  * pending, a Back press shows a notice instead of leaving, and closing the tab asks first;
  * both guards go away once the result is in.
  */
@@ -15,6 +17,7 @@
   var txId = root.dataset.transactionId;
   var statusUrl = root.dataset.statusUrl;
   var pollMs = (parseInt(root.dataset.pollSeconds, 10) || 5) * 1000;
+  var checkMs = (parseInt(root.dataset.checkSeconds, 10) || 30) * 1000;
   var statusLine = document.getElementById("payment-status");
   var backNotice = document.getElementById("back-guard");
   var connectionNote = document.getElementById("connection-note");
@@ -23,6 +26,7 @@
   var polling = false;
   var pollTimer = null;
   var connectTimer = null;
+  var checkTimer = null;
   var guarded = false;
   var GUARD_STATE = { paymentGuard: txId };
 
@@ -47,6 +51,8 @@
   function finish(moveFocus) {
     stopPolling();
     clearTimeout(connectTimer);
+    clearInterval(checkTimer);
+    document.removeEventListener("visibilitychange", checkIfShown);
     if (socket) {
       socket.off();
       socket.disconnect();
@@ -107,14 +113,21 @@
   });
   window.addEventListener("checkout:leaving", function () { releaseGuards(false); });
 
-  // ---- polling fallback --------------------------------------------------------------
-  function pollOnce() {
-    if (!polling) { return; }
-    fetch(statusUrl, { headers: { Accept: "application/json" }, cache: "no-store", credentials: "same-origin" })
+  // ---- asking for the status: the polling fallback, and the slow check while live ------
+  function askStatus() {
+    return fetch(statusUrl, { headers: { Accept: "application/json" }, cache: "no-store", credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.json() : null; })
       .then(function (data) { if (data && data.transaction_id === txId) { show(data.status, true); } })
-      .catch(function () { /* offline for a moment: the next poll tries again */ })
-      .then(function () { if (polling) { pollTimer = setTimeout(pollOnce, pollMs); } });
+      .catch(function () { /* offline for a moment: the next ask tries again */ });
+  }
+
+  function pollOnce() {
+    if (!polling) { return; }
+    askStatus().then(function () { if (polling) { pollTimer = setTimeout(pollOnce, pollMs); } });
+  }
+
+  function checkIfShown() {
+    if (!document.hidden && !polling && !isFinal(status)) { askStatus(); }
   }
 
   function startPolling() {
@@ -161,5 +174,7 @@
   } else {
     armGuards();
     connect();
+    checkTimer = setInterval(checkIfShown, checkMs);
+    document.addEventListener("visibilitychange", checkIfShown);  // back to the tab: ask at once
   }
 }());

@@ -210,6 +210,41 @@ def test_socket_blocked_polling_still_reaches_success(live, shop_context, screen
     assert len(polls) == count  # final: polling stopped
 
 
+def test_a_push_lost_while_the_socket_stays_up_is_caught_by_the_slow_check(live, shop_context):
+    """The room's push of the change never arrives (a message queue failing after the join,
+    say), while the socket stays connected: the page still learns the result by asking."""
+    def lose_updates_after_the_first(ws):
+        server = ws.connect_to_server()
+        seen = []
+
+        def to_page(message):
+            if "payment_status_update" in str(message):
+                seen.append(message)
+                if len(seen) > 1:  # the push on join arrives; every later one is lost
+                    return
+            ws.send(message)
+
+        server.on_message(to_page)
+        ws.on_message(server.send)
+
+    page = shop_context.new_page()
+    page.route_web_socket(re.compile(r".*/socket\.io/.*"), lose_updates_after_the_first)
+    checks = []
+    page.on("response", lambda r: checks.append(r) if "/check-payment-status/" in r.url else None)
+    live.app.config["PAYMENT_PAGE_CHECK_SECONDS"] = 2
+    try:
+        gateway_tab, tx_id = checkout(page, shop_context)
+    finally:
+        live.app.config["PAYMENT_PAGE_CHECK_SECONDS"] = 30
+    pay_with(gateway_tab, SUCCESS_CARD)
+
+    screen(page, "success").wait_for(state="visible", timeout=10_000)
+    # The check brought it (had the push got through, no check would have answered success:
+    # the page stops asking once it has the result, and the check must come first for that).
+    assert "success" in [check.json()["status"] for check in checks if check.url.endswith(tx_id)]
+    assert page.locator("#connection-note").is_hidden()  # the socket stayed up: no fallback polling
+
+
 def test_back_button_while_pending_shows_the_guard_then_cancel(live, shop_context, screenshot):
     page = shop_context.new_page()
     dialogs = []
