@@ -29,18 +29,21 @@ from sqlalchemy.exc import DisconnectionError
 _RETURNED_AT = "checkout.returned_at"
 
 
-def _nonblocking_select():
-    """The C ``select``: gevent's replacement would hand even a zero-timeout look to its hub."""
+def _c_poll():
+    """The C ``select.poll`` (any descriptor number, unlike ``select.select``, which fails from
+    1024 on): gevent's replacement would hand even a zero-timeout look to its hub."""
     try:
         from gevent import monkey
     except ImportError:
-        return select.select
-    return monkey.get_original("select", "select") if monkey.is_module_patched("select") else select.select
+        return select.poll
+    return monkey.get_original("select", "poll") if monkey.is_module_patched("select") else select.poll
 
 
 def has_news(fileno: int) -> bool:
     """True when the server sent something on an idle connection: its goodbye, or the close."""
-    return bool(_nonblocking_select()([fileno], [], [], 0)[0])
+    look = _c_poll()()
+    look.register(fileno, select.POLLIN | select.POLLPRI)
+    return bool(look.poll(0))
 
 
 def watch(engine: Engine, ping_after_idle: float) -> None:

@@ -59,14 +59,24 @@ def _digest(key: bytes, webhook_id: bytes, timestamp: str, body: bytes) -> bytes
     return hmac.new(key, signed, hashlib.sha256).digest()
 
 
-def _as_sent(header_value: str) -> bytes:
-    """The bytes a header arrived as. WSGI hands header values over decoded as Latin-1 (PEP 3333),
-    so encoding them back gives the bytes the sender signed, UTF-8 included; a value that is not
-    Latin-1 cannot have come from the wire, and is taken as the text the sender signed."""
+def _id_forms(header_value: str) -> tuple[str, list[bytes]]:
+    """The webhook-id as text, and the bytes its sender may have signed.
+
+    WSGI hands header values over decoded as Latin-1 (PEP 3333): encoding one back gives the
+    bytes that arrived, which a sender sending UTF-8 signed. A sender whose HTTP client put the
+    text on the wire as Latin-1 signed the UTF-8 of the text as read. For an ASCII id (every
+    real one) the two are the same.
+    """
+    utf8 = header_value.encode()
     try:
-        return header_value.encode("latin-1")
-    except UnicodeEncodeError:
-        return header_value.encode()
+        sent = header_value.encode("latin-1")
+    except UnicodeEncodeError:  # not from the wire: the text the sender signed
+        return header_value, [utf8]
+    try:
+        text = sent.decode()
+    except UnicodeDecodeError:
+        text = header_value
+    return text, [sent] if sent == utf8 else [sent, utf8]
 
 
 def sign(secret: str, webhook_id: str, body: bytes, timestamp: int | None = None) -> SignedHeaders:
@@ -95,7 +105,8 @@ def verify(
     sig_header = headers.get("webhook-signature") or ""
     if not webhook_id or not ts_raw or not sig_header:
         raise SignatureError("missing_headers", "webhook-id, webhook-timestamp and webhook-signature are required.")
-    if not webhook_id.isprintable():
+    id_text, id_forms = _id_forms(webhook_id)
+    if not id_text.isprintable():
         raise SignatureError("invalid_headers", "webhook-id must be printable characters.")
     try:
         ts = int(ts_raw)
@@ -121,10 +132,11 @@ def verify(
 
     matched = False
     for secret in secrets:
-        expected = _digest(decode_secret(secret), _as_sent(webhook_id), ts_raw, body)
-        for candidate in candidates:
-            # Evaluate every pair so timing does not reveal which one matched.
-            matched |= hmac.compare_digest(expected, candidate)
+        for signed_id in id_forms:
+            expected = _digest(decode_secret(secret), signed_id, ts_raw, body)
+            for candidate in candidates:
+                # Evaluate every pair so timing does not reveal which one matched.
+                matched |= hmac.compare_digest(expected, candidate)
     if not matched:
         raise SignatureError("invalid_signature", "No signature matched.")
     return webhook_id, ts

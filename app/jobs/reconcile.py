@@ -40,7 +40,7 @@ from app.models import Order, OrderStatus, Transaction
 from app.models.clock import utcnow
 from app.services import timeline
 from app.services.fulfillment import fulfill_order, orders_awaiting_fulfillment
-from app.services.gateway_reports import MISMATCH, apply_gateway_answer, close_session
+from app.services.gateway_reports import MISMATCH, apply_gateway_answer, close_session, follow_remembered_refunds
 from app.services.refunds import flag_unanswered_refunds
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,11 @@ def run_pass(
     started = time.monotonic()
     summary = PassSummary()
     stop = should_stop or (lambda: False)
+    try:  # before fulfillment is retried: an order whose payment was refunded must not ship
+        follow_remembered_refunds(source=SOURCE)
+    except Exception:
+        db.session.rollback()
+        log.exception("following refunds reported before their payment's success failed")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
         retry_fulfillment(app, pool, summary, batch_size=batch_size)
         now = utcnow()

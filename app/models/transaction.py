@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -17,6 +17,9 @@ class Transaction(db.Model):
         Index("ix_transactions_status_created_at", "status", "created_at"),  # the poller's due scan
         Index("ix_transactions_created_at_id", "created_at", "id"),  # ops keyset pagination
         Index("ix_transactions_needs_review", "needs_review"),  # ops "flagged" filter
+        # reconciliation's look for refunds reported before a success that came in since
+        Index("ix_transactions_refund_reported", "refund_reported",
+              postgresql_where=text("refund_reported IS NOT NULL"), sqlite_where=text("refund_reported IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: public_id("txn"))

@@ -57,8 +57,10 @@ def load_handler(path: str) -> Callable[[str, str], object]:
 
 # A payment refunded in full before its order was fulfilled: the order is never handed to the
 # handler after that (shipping it would give the goods away); it stays paid, as the timeline says.
+# A full refund the gateway reported before the success counts too, applied or not yet.
 _NOT_REFUNDED = ~exists().where(Transaction.id == Order.paid_transaction_id,
-                                Transaction.status == Status.REFUNDED.value)
+                                or_(Transaction.status == Status.REFUNDED.value,
+                                    Transaction.refund_reported == Status.REFUNDED.value))
 
 
 def _lease_start(now):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.domain.status import Decision, Outcome, Status
 from app.extensions import db
@@ -45,7 +45,10 @@ def apply_report(
 
     ``known`` is the transaction's state if the caller has just read it.
     """
-    tx = known or read_state(transaction_id)
+    refund = status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED)
+    # A refund report locks the row until its commit: a success racing it then either moved
+    # first (and the refund applies after it) or sees the refund remembered (and waits for it).
+    tx = read_state(transaction_id, lock=True) if refund else known or read_state(transaction_id)
     if tx is None:
         raise transaction_not_found()
     if _closed_as_asked(status, tx) != status:
@@ -57,35 +60,55 @@ def apply_report(
             Decision(tx.status, status, Outcome.REFUSED, flag_reason=MISMATCH), MISMATCH,
             f"gateway success for {amount} {currency} does not match {tx.amount} {tx.currency}: not applied",
             tx_id=tx.id, source=source, actor=actor, detail=detail, before_commit=before_commit)
-    if status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED):
+    if refund:
         before_commit = _books_follow_refund(tx.id, status, source, actor, before_commit)
-    if status == Status.SUCCESS and tx.refund_reported is not None:
-        return _success_then_refund(tx, source=source, summary=summary, detail=detail, actor=actor,
-                                    before_commit=before_commit)
-    return apply_status(tx.id, status, source=source, summary=summary, detail=detail, actor=actor,
-                        before_commit=before_commit, known=tx)
+    result = apply_status(tx.id, status, source=source, summary=summary, detail=detail, actor=actor,
+                          before_commit=before_commit, known=tx)
+    if result.refund_first is not None:
+        _refund_then_fulfil(tx.order_id, result, source=source, actor=actor)
+    return result
 
 
-def _success_then_refund(tx: TxState, *, source: str, summary: str, detail: dict | None, actor: str | None,
-                         before_commit: Callable[[Decision], None] | None) -> MoveResult:
-    """The success of a payment the gateway already reported refunded (its deliveries came out
-    of order): the success applies and pays the order, the refund follows before any handler
-    runs, and the order is fulfilled only if the payment was not refunded in full."""
+def _refund_then_fulfil(order_id: str, result: MoveResult, *, source: str, actor: str | None) -> None:
+    """After the success of a payment the gateway had already reported refunded (its deliveries
+    came out of order): the refund follows the success before any handler runs, and the order
+    is fulfilled only if the payment is not refunded in full."""
     from app.services import fulfillment  # fulfillment is reached through status_moves too; keep it lazy
 
-    result = apply_status(tx.id, Status.SUCCESS, source=source, summary=summary, detail=detail, actor=actor,
-                          before_commit=before_commit, known=tx, fulfil=False)
-    if not result.applied:
-        return result
     if result.order_paid:
-        fulfillment.release_claim(tx.order_id, result.claimed_at)  # the handler waits for the refund's move
-    refund = tx.refund_reported
-    apply_status(tx.id, refund, source=source, actor=actor,
-                 summary=f"the {refund.value} the gateway reported before this success, applied after it",
-                 before_commit=_books_follow_refund(tx.id, refund, source, actor, None))
+        fulfillment.release_claim(order_id, result.claimed_at)  # committed with the refund's move
+    follow_remembered_refund(result.transaction_id, source=source, actor=actor)
     if result.order_paid:
-        fulfillment.fulfill_order(tx.order_id, source=source)  # skips an order refunded in full
-    return result
+        fulfillment.fulfill_order(order_id, source=source)  # skips an order refunded in full
+
+
+def follow_remembered_refund(transaction_id: str, *, source: str, actor: str | None = None) -> bool:
+    """Apply the refund the gateway reported before this payment's success, now that the
+    success is in, and forget it (one commit); False when there is none to apply."""
+    tx = read_state(transaction_id, lock=True)
+    remembered = db.session.scalar(select(Transaction.refund_reported).where(Transaction.id == transaction_id))
+    if tx is None or remembered is None or tx.status not in (Status.SUCCESS, Status.PARTIALLY_REFUNDED):
+        return False
+    refund = Status(remembered)
+
+    def forget(_decision: Decision) -> None:
+        db.session.execute(update(Transaction).where(Transaction.id == transaction_id)
+                           .values(refund_reported=None).execution_options(synchronize_session=False))
+
+    apply_status(tx.id, refund, source=source, actor=actor, known=tx,
+                 summary=f"the {refund.value} the gateway reported before the success, applied after it",
+                 before_commit=_books_follow_refund(tx.id, refund, source, actor, forget))
+    return True
+
+
+def follow_remembered_refunds(*, source: str, limit: int = 100) -> int:
+    """``follow_remembered_refund`` for every successful payment whose remembered refund was not
+    applied after the success (its process stopped in between): reconciliation's safety net."""
+    waiting = db.session.scalars(select(Transaction.id).where(
+        Transaction.refund_reported.is_not(None),
+        Transaction.status.in_((Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value))).limit(limit)).all()
+    db.session.commit()
+    return sum(follow_remembered_refund(transaction_id, source=source) for transaction_id in waiting)
 
 
 def _closed_as_asked(expiry: Status, tx: TxState) -> Status:

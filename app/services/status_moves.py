@@ -32,6 +32,7 @@ _MOVE = (  # the compare-and-set: applies only while the row still has the statu
     _transactions.update()
     .where(_transactions.c.id == bindparam("tx_id"), _transactions.c.status == bindparam("from_status"))
     .values(status=bindparam("to_status"), updated_at=bindparam("now"), next_check_at=None, lease_until=None)
+    .returning(_transactions.c.refund_reported)  # read under the row's lock: see apply_status
 )
 _PAY_ORDER = (  # the order is paid once: only while it is still open
     _orders.update()
@@ -63,24 +64,23 @@ class TxState:
     amount: int
     currency: str
     closing_as: Status | None = None  # what we asked the gateway to close the session as, if we did
-    refund_reported: Status | None = None  # a refund the gateway reported before the success was applied
 
 
 _READ = select(_transactions.c.id, _transactions.c.order_id, _transactions.c.status, _transactions.c.amount,
-               _transactions.c.currency, _transactions.c.closing_as, _transactions.c.refund_reported,
-               ).where(_transactions.c.id == bindparam("tx_id"))
+               _transactions.c.currency, _transactions.c.closing_as).where(_transactions.c.id == bindparam("tx_id"))
+_READ_LOCKED = _READ.with_for_update()
 
 
-def read_state(transaction_id: str) -> TxState | None:
-    """The transaction's current state as the database has it now, or None when unknown."""
+def read_state(transaction_id: str, *, lock: bool = False) -> TxState | None:
+    """The transaction's current state as the database has it now, or None when unknown; with
+    ``lock``, its row stays locked until the caller's commit (on PostgreSQL)."""
     if not plausible_id(transaction_id):
         return None
-    row = db.session.connection().execute(_READ, {"tx_id": transaction_id}).first()
+    row = db.session.connection().execute(_READ_LOCKED if lock else _READ, {"tx_id": transaction_id}).first()
     if row is None:
         return None
     return TxState(row.id, row.order_id, Status(row.status), row.amount, row.currency,
-                   Status(row.closing_as) if row.closing_as else None,
-                   Status(row.refund_reported) if row.refund_reported else None)
+                   Status(row.closing_as) if row.closing_as else None)
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,9 @@ class MoveResult:
     order_paid: bool = False  # this move made the order paid (so this caller fulfills it)
     flagged: str | None = None
     claimed_at: datetime | None = None  # when the order's fulfillment claim was taken, if order_paid
+    # A refund the gateway reported before this success (transactions.refund_reported): the
+    # handler was not run, and the caller applies the refund first (gateway_reports).
+    refund_first: Status | None = None
 
     @property
     def applied(self) -> bool:
@@ -132,15 +135,15 @@ def apply_status(
     actor: str | None = None,
     before_commit: Callable[[Decision], None] | None = None,
     known: TxState | None = None,
-    fulfil: bool = True,
 ) -> MoveResult:
     """Move the transaction to ``target`` if the table allows it, and commit.
 
     Joins the caller's open database transaction (so a webhook's dedup row commits with
     the move); ``before_commit`` lets the caller add its own rows to that commit, and
     ``known`` spares a read the caller just made. A move to success that pays the order
-    runs the fulfillment handler after the commit, unless ``fulfil`` is False: the caller
-    then holds the order's claim (``claimed_at``) and decides. Returns what happened;
+    runs the fulfillment handler after the commit, unless the gateway reported a refund of
+    the payment first (``refund_first``): the caller then holds the order's claim
+    (``claimed_at``) and applies the refund before anything ships. Returns what happened;
     raises ServiceError 404 for an unknown transaction.
     """
     for attempt in range(10):
@@ -167,9 +170,12 @@ def apply_status(
         now = utcnow()
         moved = db.session.connection().execute(
             _MOVE, {"tx_id": tx.id, "from_status": current.value, "to_status": target.value, "now": now}
-        ).rowcount
-        if moved != 1:
+        ).first()
+        if moved is None:
             continue  # another writer moved it first: read again and decide again
+        # Read by the move itself, under the row's lock: a refund report that came first (and
+        # locked the row to remember it) is seen here, however the two deliveries raced.
+        refund_first = Status(moved.refund_reported) if target == Status.SUCCESS and moved.refund_reported else None
 
         flag = decision.flag_reason
         order_paid = False
@@ -196,13 +202,16 @@ def apply_status(
                  f", flagged={flag}" if flag else "")
         STATUS_MOVES.labels(source, target.value, Outcome.APPLIED.value).inc()
 
-        from app.realtime import notify_status  # realtime imports services; keep the cycle lazy
+        # With a refund to apply first, the caller's refund move tells browsers what the payment
+        # became, and decides about the handler.
+        if refund_first is None:
+            from app.realtime import notify_status  # realtime imports services; keep the cycle lazy
 
-        notify_status(transaction_id, target.value)
-        if order_paid and fulfil:
-            from app.services.fulfillment import run_claimed
+            notify_status(transaction_id, target.value)
+            if order_paid:
+                from app.services.fulfillment import run_claimed
 
-            run_claimed(order_id, transaction_id, now, source=source)
+                run_claimed(order_id, transaction_id, now, source=source)
         return MoveResult(transaction_id, decision, order_paid=order_paid, flagged=flag,
-                          claimed_at=now if order_paid else None)
+                          claimed_at=now if order_paid else None, refund_first=refund_first)
     raise RuntimeError(f"status of {transaction_id} kept changing under apply_status")

@@ -117,7 +117,10 @@
   function askStatus() {
     return fetch(statusUrl, { headers: { Accept: "application/json" }, cache: "no-store", credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.json() : null; })
-      .then(function (data) { if (data && data.transaction_id === txId) { show(data.status, true); } })
+      .then(function (data) {
+        // An answer that was on its way when the result came (by the socket) is old news.
+        if (data && data.transaction_id === txId && !isFinal(status)) { show(data.status, true); }
+      })
       .catch(function () { /* offline for a moment: the next ask tries again */ });
   }
 

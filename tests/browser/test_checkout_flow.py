@@ -245,6 +245,32 @@ def test_a_push_lost_while_the_socket_stays_up_is_caught_by_the_slow_check(live,
     assert page.locator("#connection-note").is_hidden()  # the socket stayed up: no fallback polling
 
 
+def test_a_check_answered_before_the_push_but_arriving_after_it_is_ignored(live, shop_context):
+    """The slow check asked while pending; its answer is held up until the socket has brought
+    the success: the page must not go back to waiting."""
+    page = shop_context.new_page()
+    held = []
+    page.route(re.compile(r".*/check-payment-status/.*"), lambda route: held.append((route, route.fetch())))
+    live.app.config["PAYMENT_PAGE_CHECK_SECONDS"] = 1
+    try:
+        gateway_tab, _ = checkout(page, shop_context)
+    finally:
+        live.app.config["PAYMENT_PAGE_CHECK_SECONDS"] = 30
+    deadline = time.monotonic() + 5
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert held and held[0][1].json()["status"] == "pending"
+    pay_with(gateway_tab, SUCCESS_CARD)
+    screen(page, "success").wait_for(state="visible", timeout=10_000)  # brought by the socket
+
+    for route, answer in held:
+        route.fulfill(response=answer)
+    page.wait_for_timeout(1000)
+
+    assert page.locator("#payment").get_attribute("data-status") == "success"
+    assert screen(page, "success").is_visible()
+
+
 def test_back_button_while_pending_shows_the_guard_then_cancel(live, shop_context, screenshot):
     page = shop_context.new_page()
     dialogs = []

@@ -27,13 +27,16 @@ def test_the_library_signature_verifies_with_ours():
     assert signing.verify([DEV_WEBHOOK_SECRET], headers, BODY) == ("msg_2", int(now.timestamp()))
 
 
-def test_an_id_sent_as_utf8_is_verified_over_the_bytes_sent():
+@pytest.mark.parametrize(("sent_id", "wire"), [("msg_café", "utf-8"), ("msg_€uro", "utf-8"), ("msg_ā", "utf-8"),
+                                               ("msg_café", "latin-1")])
+def test_a_non_ascii_id_verifies_however_the_sender_put_it_on_the_wire(sent_id, wire):
     """WSGI hands a header over decoded as Latin-1 (PEP 3333): UTF-8 "é" arrives as "Ã©". The
-    sender signed the UTF-8 bytes, so those are what the signature is checked over."""
+    sender signed the UTF-8 of its id, and put it on the wire as UTF-8 or, as Python's and
+    Node's HTTP clients do, as Latin-1 (where it can)."""
+    on_the_wire = sent_id.encode(wire)
     now = datetime.now(timezone.utc)
-    sent_id = "msg_café"
     headers = {
-        "webhook-id": sent_id.encode().decode("latin-1"),  # as a WSGI server hands it over
+        "webhook-id": on_the_wire.decode("latin-1"),  # as a WSGI server hands it over
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": Webhook(DEV_WEBHOOK_SECRET).sign(sent_id, now, BODY.decode()),
     }

@@ -3,11 +3,13 @@
 import threading
 import uuid
 
+import pytest
+
 from sqlalchemy import func, select
 
 from app.domain.status import Outcome, Status
 from app.extensions import db
-from app.models import TransactionEvent, WebhookEvent
+from app.models import Transaction, TransactionEvent, WebhookEvent
 from app.services.status_moves import apply_status
 from tests import fulfillment_probe
 from tests.conftest import place_order, sign, start_payment, status_event
@@ -122,3 +124,31 @@ def test_join_never_misses_a_change_committed_while_joining(app, client, gateway
     socket.emit("join", {"transaction_id": tx_id})
     statuses = [m["args"][0]["status"] for m in socket.get_received() if m["name"] == "payment_status_update"]
     assert statuses and statuses[-1] == "success"
+
+
+def test_a_refund_and_the_success_delivered_at_once_always_end_refunded(app, client, gateway):
+    """The gateway's refund and success deliveries for one payment race (out of order, at
+    once): whichever takes the row first, the books end refunded in full, nothing is left
+    remembered, and the handler runs at most once (only when the success truly came first)."""
+    with app.app_context():
+        if db.engine.url.get_backend_name() != "postgresql":
+            pytest.skip("two writers interleaving on one row: PostgreSQL only (SQLite serialises them)")
+    for _ in range(6):
+        order = place_order(client)
+        tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
+        deliveries = [sign(status_event(tx_id, status, 1999)) for status in ("refunded", "success")]
+        barrier = threading.Barrier(len(deliveries), timeout=30)
+
+        def deliver(raw, headers):
+            c = app.test_client()
+            barrier.wait()
+            return c.post("/payment-callback", data=raw, headers=headers).status_code
+
+        assert run_together([(deliver, *d) for d in deliveries]) == [200, 200]
+        with app.app_context():
+            tx = db.session.get(Transaction, tx_id)
+            assert (tx.status, tx.refunded_amount, tx.refund_reported) == ("refunded", 1999, None)
+        shipped = fulfillment_probe.calls.count((order["order_id"], tx_id))
+        assert shipped <= 1
+        assert client.get(f"/api/orders/{order['order_id']}").get_json()["status"] == (
+            "fulfilled" if shipped else "paid")
