@@ -243,9 +243,9 @@ def check_one(claim: Claim) -> str | Quiet:
     if answer.status == Status.PENDING:
         log.info("txn=%s poll: gateway says pending; next check at %s", claim.id, next_check)
         return Quiet("pending", Release(claim, now, next_check))
-    if _repeats_open_mismatch(claim.id, answer):
-        log.info("txn=%s poll: gateway again says success for other money (flagged); next check at %s",
-                 claim.id, next_check)
+    if _says_again_what_is_flagged(claim.id, answer):
+        log.info("txn=%s poll: gateway says %s again (flagged); next check at %s", claim.id, answer.status,
+                 next_check)
         return Quiet("flagged", Release(claim, now, next_check))
     try:
         return _apply_answer(claim, answer, Release(claim, now, next_check))
@@ -254,14 +254,21 @@ def check_one(claim: Claim) -> str | Quiet:
         return _error(claim, "applying the gateway's answer failed", exc, reschedule=True)
 
 
-def _repeats_open_mismatch(transaction_id: str, answer) -> bool:
-    """The gateway says again what is already flagged and not yet reviewed (a success for other
-    money): nothing new for the timeline, which would otherwise gain a line every check."""
-    if answer.status != Status.SUCCESS:
+def _says_again_what_is_flagged(transaction_id: str, answer) -> bool:
+    """The gateway says again what is already flagged: a success for other money (not yet
+    reviewed), or a refund of a payment whose success it never reported (remembered). Nothing
+    new for the timeline, which would otherwise gain a line every check."""
+    if answer.status not in (Status.SUCCESS, Status.REFUNDED, Status.PARTIALLY_REFUNDED):
         return False
     tx = db.session.get(Transaction, transaction_id)
-    repeated = (tx is not None and tx.needs_review and MISMATCH in (tx.review_reason or "")
-                and (answer.amount, answer.currency) != (tx.amount, tx.currency))
+    if tx is None:
+        repeated = False
+    elif answer.status == Status.SUCCESS:
+        repeated = (tx.needs_review and MISMATCH in (tx.review_reason or "")
+                    and (answer.amount, answer.currency) != (tx.amount, tx.currency))
+    else:
+        repeated = tx.status == Status.PENDING.value and tx.refund_reported in (answer.status.value,
+                                                                                 Status.REFUNDED.value)
     db.session.rollback()  # a read only: the claim is released with the other quiet answers
     return repeated
 

@@ -144,11 +144,9 @@ def hold_refunded_order(order_id: str, transaction_id: str, source: str, actor: 
         Order.id == order_id, Order.paid_transaction_id == transaction_id)).first()
     if order is None or order.status != OrderStatus.PAID.value:
         return
+    line = "refunded in full before the order was fulfilled: the order will not be handed to the fulfillment handler"
     if order.fulfillment_claimed_at is not None and order.fulfillment_claimed_at >= _lease_start(utcnow()):
-        line = ("refunded in full while the fulfillment handler was running: "
-                "the order is fulfilled if the handler returns")
-    else:
-        line = "refunded in full before the order was fulfilled: the order will not be fulfilled"
+        line += " (a run already under way, if any, still completes)"
     timeline.record(transaction_id, "fulfillment", source, line, outcome="held", actor=actor)
     log.warning("order=%s txn=%s %s", order_id, transaction_id, line)
 

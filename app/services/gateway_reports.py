@@ -87,13 +87,20 @@ def follow_remembered_refund(transaction_id: str, *, source: str, actor: str | N
     success is in, and forget it (one commit); False when there is none to apply."""
     tx = read_state(transaction_id, lock=True)
     remembered = db.session.scalar(select(Transaction.refund_reported).where(Transaction.id == transaction_id))
-    if tx is None or remembered is None or tx.status not in (Status.SUCCESS, Status.PARTIALLY_REFUNDED):
+    if tx is None or remembered is None:
         return False
-    refund = Status(remembered)
 
-    def forget(_decision: Decision) -> None:
+    def forget(_decision: Decision | None = None) -> None:
         db.session.execute(update(Transaction).where(Transaction.id == transaction_id)
                            .values(refund_reported=None).execution_options(synchronize_session=False))
+
+    if tx.status == Status.REFUNDED:  # refunded in full meanwhile (a later report, or ops): nothing left to apply
+        forget()
+        db.session.commit()
+        return False
+    if tx.status not in (Status.SUCCESS, Status.PARTIALLY_REFUNDED):
+        return False
+    refund = Status(remembered)
 
     apply_status(tx.id, refund, source=source, actor=actor, known=tx,
                  summary=f"the {refund.value} the gateway reported before the success, applied after it",
@@ -106,9 +113,17 @@ def follow_remembered_refunds(*, source: str, limit: int = 100) -> int:
     applied after the success (its process stopped in between): reconciliation's safety net."""
     waiting = db.session.scalars(select(Transaction.id).where(
         Transaction.refund_reported.is_not(None),
-        Transaction.status.in_((Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value))).limit(limit)).all()
+        Transaction.status.in_((Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value, Status.REFUNDED.value)),
+    ).order_by(Transaction.updated_at).limit(limit)).all()
     db.session.commit()
-    return sum(follow_remembered_refund(transaction_id, source=source) for transaction_id in waiting)
+    followed = 0
+    for transaction_id in waiting:
+        try:
+            followed += follow_remembered_refund(transaction_id, source=source)
+        except Exception:  # one payment's fault must not hold up the others
+            db.session.rollback()
+            log.exception("txn=%s following the refund reported before its success failed", transaction_id)
+    return followed
 
 
 def _closed_as_asked(expiry: Status, tx: TxState) -> Status:

@@ -68,7 +68,7 @@ class TxState:
 
 _READ = select(_transactions.c.id, _transactions.c.order_id, _transactions.c.status, _transactions.c.amount,
                _transactions.c.currency, _transactions.c.closing_as).where(_transactions.c.id == bindparam("tx_id"))
-_READ_LOCKED = _READ.with_for_update()
+_READ_LOCKED = _READ.with_for_update(key_share=True)  # FOR NO KEY UPDATE: timeline rows may still reference it
 
 
 def read_state(transaction_id: str, *, lock: bool = False) -> TxState | None:

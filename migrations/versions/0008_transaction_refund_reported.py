@@ -12,17 +12,10 @@ branch_labels = None
 depends_on = None
 
 
-WAITING = sa.text("refund_reported IS NOT NULL")
-
-
 def upgrade():
     op.add_column("transactions", sa.Column("refund_reported", sa.String(24), nullable=True))
-    # Partial: reconciliation looks for the few rows that have one, every pass.
-    op.create_index("ix_transactions_refund_reported", "transactions", ["refund_reported"],
-                    postgresql_where=WAITING, sqlite_where=WAITING)
 
 
 def downgrade():
-    op.drop_index("ix_transactions_refund_reported", table_name="transactions")
     # In place, as 0007: a batch rebuild fails on SQLite's foreign keys once rows exist.
     op.drop_column("transactions", "refund_reported")

@@ -637,7 +637,7 @@ def test_an_order_refunded_in_full_before_it_was_fulfilled_is_not_fulfilled_late
     assert summary.fulfilled == (1 if ships else 0)
     held = [line for line in _fulfillment_lines(app, tx_id) if line[0] == "held"]
     assert held == ([] if ships else [("held", "refunded in full before the order was fulfilled: "
-                                               "the order will not be fulfilled")])
+                                               "the order will not be handed to the fulfillment handler")])
     assert reconcile(app).fulfilled == 0 and len(fulfillment_probe.calls) == (1 if ships else 0)
 
 

@@ -14,10 +14,10 @@ from app.extensions import db
 from app.models import Order, Transaction
 from app.models.clock import utcnow
 from app.services import gateway_reports, refunds
-from app.services.status_moves import read_state
+from app.services.status_moves import apply_status, read_state
 from tests import fulfillment_probe
 from tests.conftest import place_order, post_webhook, start_payment, status_event
-from tests.jobs.support import reconcile
+from tests.jobs.support import CHECK_AFTER, answer_status, make_due, reconcile, set_age, timeline
 
 REFUNDED_IN_FULL = ("refunded", None, 1999)  # status, refund_reported (applied, so forgotten), refunded_amount
 
@@ -98,3 +98,33 @@ def test_a_refund_remembered_after_the_success_was_read_still_comes_first(app, c
 
     assert _tx(app, tx_id) == REFUNDED_IN_FULL
     assert fulfillment_probe.calls == [] and _order(app, order_id) == "paid"
+
+
+def test_a_remembered_refund_overtaken_by_a_full_refund_is_forgotten(app, client, gateway):
+    """A partial refund remembered; the success came, and before its refund followed, the
+    gateway reported the payment wholly refunded: nothing is left to apply, nothing to keep."""
+    order_id, tx_id = _pending(client, gateway)
+    assert post_webhook(client, status_event(tx_id, "partially_refunded", 1999)).status_code == 200
+    with app.app_context():  # the success moves; the process stops before the partial refund follows
+        assert apply_status(tx_id, Status.SUCCESS, source="webhook").refund_first == Status.PARTIALLY_REFUNDED
+    assert post_webhook(client, status_event(tx_id, "refunded", 1999)).status_code == 200
+    assert _tx(app, tx_id) == ("refunded", "partially_refunded", 1999)
+
+    reconcile(app)
+
+    assert _tx(app, tx_id) == REFUNDED_IN_FULL
+    assert fulfillment_probe.calls == []
+
+
+def test_the_poller_hearing_the_remembered_refund_again_adds_nothing(app, client, gateway):
+    """Its success never came: each check hears the same refund, which is already flagged."""
+    _, tx_id = _pending(client, gateway)
+    set_age(app, tx_id, CHECK_AFTER + 60)
+    for _ in range(3):
+        answer_status(gateway, tx_id, "refunded")
+        reconcile(app)
+        make_due(app, tx_id)
+    lines = [summary for kind, _, summary in timeline(app, tx_id) if kind in ("status", "flag")]
+    assert lines == ["poll: gateway says refunded", "the gateway reports the payment refunded before reporting "
+                     "its success: flagged, and the refund will follow the success when it comes"]
+    assert _tx(app, tx_id) == ("pending", "refunded", 0)
