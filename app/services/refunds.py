@@ -74,6 +74,9 @@ def refund(transaction_id: str, amount: int, actor: str, request_key: str | None
             raise ServiceError(409, "not_refundable",
                                f"Only a successful payment can be refunded; this one is {tx.status}.")
         left = tx.amount - tx.refunded_amount
+        if 0 < amount <= left:  # refused a moment ago; it would fit now (the payment changed meanwhile)
+            raise ServiceError(409, "payment_changed", "The payment changed while this refund was being made, and "
+                               "nothing was refunded. Check the payment and refund again.")
         message = (f"At most {left} minor units ({money_text(left, tx.currency)}) remain to be refunded." if left
                    else "Nothing remains to be refunded: the whole payment is refunded or held by refunds in progress.")
         raise ServiceError(422, "refund_exceeds_remaining", message, {"remaining": left})

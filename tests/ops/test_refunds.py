@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import responses
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select, update
 
 from app.extensions import db
@@ -668,3 +669,29 @@ def test_a_refund_reported_before_the_success_follows_it_before_any_fulfillment(
     assert fulfillment_probe.calls == ([(order["order_id"], tx_id)] if ships else [])
     reconcile(app)
     assert len(fulfillment_probe.calls) == (1 if ships else 0)
+
+
+def test_a_refund_refused_by_a_change_that_is_over_says_so(app, client, gateway):
+    """The payment became refundable between the reservation (refused: still pending) and the
+    read that explains the refusal: "at most 19.99 remain" for a 19.99 refund made no sense."""
+    order = place_order(client)
+    tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    with app.app_context():
+        if db.engine.url.get_backend_name() != "postgresql":
+            pytest.skip("a second writer between two statements of one transaction: PostgreSQL only")
+        other = db.engine
+
+        def paid_meanwhile(_conn, _cursor, statement, *_args):  # right after the reservation's UPDATE
+            if statement.startswith("UPDATE transactions SET refunded_amount"):
+                with other.connect() as writer:
+                    writer.execute(update(Transaction).where(Transaction.id == tx_id).values(status="success"))
+                    writer.commit()
+
+        sa_event.listen(other, "after_cursor_execute", paid_meanwhile)
+        try:
+            with pytest.raises(ServiceError) as refused:
+                refunds.refund(tx_id, 1999, ADMIN)
+        finally:
+            sa_event.remove(other, "after_cursor_execute", paid_meanwhile)
+    assert refused.value.code == "payment_changed"
+    assert state(app, tx_id) == ("success", 0, [])
