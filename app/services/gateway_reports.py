@@ -3,6 +3,10 @@
 The gateway holds the money, so its word moves our status, with one guard: a success whose
 amount or currency differs from the transaction is never applied. It is flagged for review
 (``amount_mismatch``) and recorded instead, and the order is not fulfilled.
+
+Its deliveries may come out of order. A refund reported before the payment's success is
+refused (the transition table), flagged and remembered (``refund_reported``); the success,
+when it comes, is followed by that refund before any fulfillment handler runs.
 """
 
 from __future__ import annotations
@@ -45,10 +49,10 @@ def apply_report(
 
     ``known`` is the transaction's state if the caller has just read it.
     """
-    refund = status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED)
+    refund_report = status in (Status.REFUNDED, Status.PARTIALLY_REFUNDED)
     # A refund report locks the row until its commit: a success racing it then either moved
     # first (and the refund applies after it) or sees the refund remembered (and waits for it).
-    tx = read_state(transaction_id, lock=True) if refund else known or read_state(transaction_id)
+    tx = read_state(transaction_id, lock=True) if refund_report else known or read_state(transaction_id)
     if tx is None:
         raise transaction_not_found()
     if _closed_as_asked(status, tx) != status:
@@ -60,7 +64,7 @@ def apply_report(
             Decision(tx.status, status, Outcome.REFUSED, flag_reason=MISMATCH), MISMATCH,
             f"gateway success for {amount} {currency} does not match {tx.amount} {tx.currency}: not applied",
             tx_id=tx.id, source=source, actor=actor, detail=detail, before_commit=before_commit)
-    if refund:
+    if refund_report:
         before_commit = _books_follow_refund(tx.id, status, source, actor, before_commit)
     result = apply_status(tx.id, status, source=source, summary=summary, detail=detail, actor=actor,
                           before_commit=before_commit, known=tx)
@@ -109,8 +113,9 @@ def follow_remembered_refund(transaction_id: str, *, source: str, actor: str | N
 
 
 def follow_remembered_refunds(*, source: str, limit: int = 100) -> int:
-    """``follow_remembered_refund`` for every successful payment whose remembered refund was not
-    applied after the success (its process stopped in between): reconciliation's safety net."""
+    """``follow_remembered_refund`` for every payment whose success came in and whose remembered
+    refund was not applied after it (its process stopped in between), and forget those refunded
+    in full since by other means: reconciliation's safety net."""
     waiting = db.session.scalars(select(Transaction.id).where(
         Transaction.refund_reported.is_not(None),
         Transaction.status.in_((Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value, Status.REFUNDED.value)),
