@@ -234,7 +234,8 @@ def config_by_name(name: str | None = None) -> type[Config]:
     development) or for settings that did not parse."""
     name = (name or _env("APP_ENV", "development")).strip().lower()
     if name not in CONFIGS:
-        raise ConfigurationError(f"configuration error: APP_ENV must be development or production, got {name!r}.")
+        raise ConfigurationError(f"configuration error: APP_ENV must be development or production (or testing, "
+                                 f"the test suite's), got {name!r}.")
     if _UNPARSED:
         raise ConfigurationError("configuration error: " + " ".join(_UNPARSED))
     return CONFIGS[name]

@@ -15,7 +15,10 @@ import os
 import secrets
 
 import gunicorn.util
+from dotenv import load_dotenv
 
+# The app reads a .env file beside it (config.py); the settings read here come from the same place.
+load_dotenv(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env"))
 os.environ.setdefault("CHECKOUT_GEVENT", "1")
 os.environ.setdefault("SOCKETIO_ASYNC_MODE", "gevent")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,16 @@ def test_with_redis_url_gunicorn_may_run_several_workers():
     assert configured["workers"] == 3
     default = run_python(GUNICORN_WORKERS, REDIS_URL="redis://127.0.0.1:6379/0")
     assert default["workers"] >= 1
+
+
+def test_gunicorns_own_settings_come_from_the_env_file_too(tmp_path):
+    """REDIS_URL in .env made the app use Redis while gunicorn, reading only the process's
+    environment, still ran one worker; PORT and WEB_CONCURRENCY there were ignored too."""
+    shutil.copy(ROOT / "gunicorn.conf.py", tmp_path / "gunicorn.conf.py")
+    (tmp_path / ".env").write_text("REDIS_URL=redis://127.0.0.1:6379/0\nWEB_CONCURRENCY=2\nPORT=5999\n")
+    read = f"import json, runpy; s = runpy.run_path({str(tmp_path / 'gunicorn.conf.py')!r}); " \
+           "print(json.dumps({'workers': s['workers'], 'bind': s['bind']}))"
+    assert run_python(read) == {"workers": 2, "bind": "127.0.0.1:5999"}
 
 
 # -- SECRET_KEY: random per process in development --------------------------------------------------

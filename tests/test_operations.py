@@ -41,8 +41,8 @@ def closed_port() -> tuple[socket.socket, int]:
 
 
 @pytest.mark.parametrize("env, said", [
-    ({"APP_ENV": "prod"}, "APP_ENV must be development or production, got 'prod'"),
-    ({"APP_ENV": "staging"}, "APP_ENV must be development or production, got 'staging'"),
+    ({"APP_ENV": "prod"}, "APP_ENV must be development or production (or testing, the test suite's), got 'prod'"),
+    ({"APP_ENV": "staging"}, "APP_ENV must be development or production (or testing, the test suite's), got 'staging'"),
     ({"PAYMENT_EXPIRES_AFTER": "abc"}, "PAYMENT_EXPIRES_AFTER must be a whole number, got 'abc'"),
     ({"FULFILLMENT_HANDLER": "nosuchmodule:ship"}, "FULFILLMENT_HANDLER 'nosuchmodule:ship' cannot be loaded"),
     ({"FULFILLMENT_HANDLER": "json:no_such_function"}, "FULFILLMENT_HANDLER 'json:no_such_function' cannot be"),
