@@ -202,16 +202,13 @@ def apply_status(
                  f", flagged={flag}" if flag else "")
         STATUS_MOVES.labels(source, target.value, Outcome.APPLIED.value).inc()
 
-        # With a refund to apply first, the caller's refund move tells browsers what the payment
-        # became, and decides about the handler.
-        if refund_first is None:
-            from app.realtime import notify_status  # realtime imports services; keep the cycle lazy
+        from app.realtime import notify_status  # realtime imports services; keep the cycle lazy
 
-            notify_status(transaction_id, target.value)
-            if order_paid:
-                from app.services.fulfillment import run_claimed
+        notify_status(transaction_id, target.value)  # every committed change is pushed (contract 5)
+        if order_paid and refund_first is None:  # else the caller applies the refund first, then decides
+            from app.services.fulfillment import run_claimed
 
-                run_claimed(order_id, transaction_id, now, source=source)
+            run_claimed(order_id, transaction_id, now, source=source)
         return MoveResult(transaction_id, decision, order_paid=order_paid, flagged=flag,
                           claimed_at=now if order_paid else None, refund_first=refund_first)
     raise RuntimeError(f"status of {transaction_id} kept changing under apply_status")

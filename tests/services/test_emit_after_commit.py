@@ -89,6 +89,15 @@ def test_the_push_to_the_room_comes_after_the_change_is_committed(app, client, g
                       "transaction_id": tx_id}]
 
 
+def test_a_success_followed_at_once_by_its_early_refund_pushes_both_changes(app, client, payment, emits):
+    """The refund came first and was remembered; the success then moves twice, and each
+    committed change is pushed, in order."""
+    tx_id = payment["transaction_id"]
+    assert post_webhook(client, status_event(tx_id, "refunded", 1999)).status_code == 200
+    assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 200
+    assert [(e["sent"], e["committed"]) for e in emits] == [("success", "success"), ("refunded", "refunded")]
+
+
 # -- a reconciliation pass's change reaches a browser in the room ------------------------------------
 
 
