@@ -13,6 +13,7 @@ from flask_wtf.csrf import generate_csrf
 from app.domain.money import minor_exponent
 from app.extensions import login_manager
 from app.ops.forms import FilterForm, RefundForm
+from app.ops.reasons import explain
 from app.ops.redaction import pretty, pretty_text
 from app.services import ops, refunds
 from app.services.errors import ServiceError
@@ -110,6 +111,7 @@ def _detail_page(transaction_id: str, *, refund_form: RefundForm | None = None, 
                  status: int = 200):
     detail = ops.transaction_detail(transaction_id)
     return render_template("ops/transaction.html", d=detail, tx=detail.transaction,
+                           reasons=explain(detail.transaction.review_reason) if detail.transaction.needs_review else [],
                            refund_form=refund_form or RefundForm(formdata=None),
                            refund_keys=(secrets.token_urlsafe(16), secrets.token_urlsafe(16)),
                            error=error), status

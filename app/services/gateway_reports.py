@@ -29,6 +29,7 @@ from app.services.status_moves import MoveResult, TxState, apply_status, flag_fo
 log = logging.getLogger(__name__)
 MISMATCH = "amount_mismatch"
 REFUND_BEFORE_SUCCESS = "refund_reported_before_success"
+INCONSISTENT = "gateway_inconsistent"
 FINAL_WITHOUT_MONEY = (Status.FAILURE, Status.EXPIRED, Status.CANCELLED)
 
 
@@ -277,7 +278,7 @@ def _close(tx, closed_as: Status, *, source: str, summary: str, actor: str | Non
         said = "nothing" if report is None else report.status.value
         answered = "has no such session" if closed is None else "refused to expire the session as paid"
         return _flag_and_refuse(
-            Decision(Status(tx.status), closed_as, Outcome.REFUSED), "gateway_inconsistent",
+            Decision(Status(tx.status), closed_as, Outcome.REFUSED), INCONSISTENT,
             f"{summary}: the gateway {answered}, but its status says {said}; left as it is",
             tx_id=tx.id, source=source, actor=actor, before_commit=before_commit)
     return apply_gateway_answer(report, source=source, actor=actor, before_commit=before_commit,

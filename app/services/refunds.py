@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 REFUNDABLE = (Status.SUCCESS.value, Status.PARTIALLY_REFUNDED.value)
 OUTCOME_UNKNOWN = "refund_outcome_unknown"  # the review reason of a refund the gateway did not answer
 REFUNDED_ELSEWHERE = "partial_refund_made_at_gateway"
+MADE_AFTER_ALL = "refund_recorded_failed_but_made"  # a refund recorded failed that the gateway then confirmed
 
 
 def refund(transaction_id: str, amount: int, actor: str, request_key: str | None = None) -> Refund:
@@ -262,7 +263,7 @@ def _correct_released(refund_id: str, gateway_refund_id: str, actor: str) -> Non
     if corrected is None:
         return  # already recorded as succeeded: the same answer, twice
     _count_refunded(corrected.transaction_id, corrected.amount)
-    flag_for_review(corrected.transaction_id, "refund_recorded_failed_but_made")
+    flag_for_review(corrected.transaction_id, MADE_AFTER_ALL)
     timeline.record(corrected.transaction_id, "ops", "ops",
                     f"refund {refund_id} of {money_text(corrected.amount, corrected.currency)} was recorded as "
                     f"failed, but the gateway confirms it (gateway refund {gateway_refund_id}): counted as made",

@@ -24,6 +24,7 @@ from app.services import timeline
 from app.services.errors import transaction_not_found
 
 log = logging.getLogger(__name__)
+DUPLICATE_PAYMENT = "duplicate_payment_refund_owed"  # the review reason of a second payment of a paid order
 
 # The writes of a move as Core statements built once: they run on every webhook, poll and
 # ops action, and a cached statement with bound values skips the ORM's per-call work.
@@ -109,7 +110,7 @@ def _mark_order_paid(tx: TxState, now) -> str | None:
     if won == 1:
         return None
     paid_by = db.session.scalar(select(Order.paid_transaction_id).where(Order.id == tx.order_id))
-    return None if paid_by == tx.id else "duplicate_payment_refund_owed"
+    return None if paid_by == tx.id else DUPLICATE_PAYMENT
 
 
 def flag_as_read(review_reason: str | None, flagged_at) -> list:
