@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import select
 import time
+from functools import cache
 
 from flask import Flask
 from sqlalchemy import event
@@ -29,6 +30,7 @@ from sqlalchemy.exc import DisconnectionError
 _RETURNED_AT = "checkout.returned_at"
 
 
+@cache  # looked up at the first checkout: wsgi.py has patched (or not) long before
 def _c_poll():
     """The C ``select.poll`` (any descriptor number, unlike ``select.select``, which fails from
     1024 on): gevent's replacement would hand even a zero-timeout look to its hub."""

@@ -132,8 +132,9 @@ def verify(
 
     matched = False
     for secret in secrets:
+        key = decode_secret(secret)
         for signed_id in id_forms:
-            expected = _digest(decode_secret(secret), signed_id, ts_raw, body)
+            expected = _digest(key, signed_id, ts_raw, body)
             for candidate in candidates:
                 # Evaluate every pair so timing does not reveal which one matched.
                 matched |= hmac.compare_digest(expected, candidate)

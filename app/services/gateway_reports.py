@@ -56,7 +56,7 @@ def apply_report(
     tx = read_state(transaction_id, lock=True) if refund_report else known or read_state(transaction_id)
     if tx is None:
         raise transaction_not_found()
-    if _closed_as_asked(status, tx) != status:
+    if _closed_as_asked(status, tx.closing_as, tx.status) != status:
         status = tx.closing_as
         summary = f"{summary or 'gateway says expired'}: the session was closed on request, so {status.value}"
     if status == Status.SUCCESS and (amount, currency) != (tx.amount, tx.currency):
@@ -91,8 +91,7 @@ def follow_remembered_refund(transaction_id: str, *, source: str, actor: str | N
     """Apply the refund the gateway reported before this payment's success, now that the
     success is in, and forget it (one commit); False when there is none to apply."""
     tx = read_state(transaction_id, lock=True)
-    remembered = db.session.scalar(select(Transaction.refund_reported).where(Transaction.id == transaction_id))
-    if tx is None or remembered is None:
+    if tx is None or tx.refund_reported is None:
         return False
 
     def forget(_decision: Decision | None = None) -> None:
@@ -105,7 +104,7 @@ def follow_remembered_refund(transaction_id: str, *, source: str, actor: str | N
         return False
     if tx.status not in (Status.SUCCESS, Status.PARTIALLY_REFUNDED):
         return False
-    refund = Status(remembered)
+    refund = tx.refund_reported
 
     apply_status(tx.id, refund, source=source, actor=actor, known=tx,
                  summary=f"the {refund.value} the gateway reported before the success, applied after it",
@@ -132,11 +131,11 @@ def follow_remembered_refunds(*, source: str, limit: int = 100) -> int:
     return followed
 
 
-def _closed_as_asked(expiry: Status, tx: TxState) -> Status:
+def _closed_as_asked(expiry: Status, closing_as: Status | None, current: Status) -> Status:
     """What an expiry of the payment's session is: the close we asked the gateway for (an ops
     cancel whose answer never came) when there was one, else the expiry itself."""
-    if expiry == Status.EXPIRED and tx.closing_as not in (None, Status.EXPIRED) and tx.status != Status.EXPIRED:
-        return tx.closing_as
+    if expiry == Status.EXPIRED and closing_as not in (None, Status.EXPIRED) and current != Status.EXPIRED:
+        return closing_as
     return expiry
 
 
@@ -231,7 +230,7 @@ def close_session(
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary} (no gateway session was opened)")
     if closed_as == Status.EXPIRED:
-        asked = _closed_as_asked(closed_as, read_state(tx.id))
+        asked = _closed_as_asked(closed_as, Status(tx.closing_as) if tx.closing_as else None, Status(tx.status))
         if asked != closed_as:  # an earlier close got no answer: closing the session now is that close
             summary = f"{summary}: the session had been asked to close as {asked.value} earlier, so {asked.value}"
         return _close(tx, asked, source=source, summary=summary, actor=actor, before_commit=before_commit)

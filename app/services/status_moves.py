@@ -65,10 +65,12 @@ class TxState:
     amount: int
     currency: str
     closing_as: Status | None = None  # what we asked the gateway to close the session as, if we did
+    refund_reported: Status | None = None  # a refund the gateway reported before the success was applied
 
 
 _READ = select(_transactions.c.id, _transactions.c.order_id, _transactions.c.status, _transactions.c.amount,
-               _transactions.c.currency, _transactions.c.closing_as).where(_transactions.c.id == bindparam("tx_id"))
+               _transactions.c.currency, _transactions.c.closing_as, _transactions.c.refund_reported,
+               ).where(_transactions.c.id == bindparam("tx_id"))
 _READ_LOCKED = _READ.with_for_update(key_share=True)  # FOR NO KEY UPDATE: timeline rows may still reference it
 
 
@@ -81,7 +83,8 @@ def read_state(transaction_id: str, *, lock: bool = False) -> TxState | None:
     if row is None:
         return None
     return TxState(row.id, row.order_id, Status(row.status), row.amount, row.currency,
-                   Status(row.closing_as) if row.closing_as else None)
+                   Status(row.closing_as) if row.closing_as else None,
+                   Status(row.refund_reported) if row.refund_reported else None)
 
 
 @dataclass(frozen=True)
