@@ -19,16 +19,18 @@ def minor_exponent(currency: str) -> int:
     return EXPONENTS.get(currency.upper(), 2)
 
 
-def format_minor_units(amount: int, currency: str) -> str:
-    """``1999, "USD"`` -> ``"19.99"``; integer arithmetic only, thousands separated."""
+def format_minor_units(amount: int, currency: str, *, grouped: bool = True) -> str:
+    """``1999, "USD"`` -> ``"19.99"``; integer arithmetic only, thousands separated unless not
+    ``grouped`` (``123456, "USD"`` -> ``"1,234.56"`` or ``"1234.56"``, the form files want)."""
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise TypeError("money amounts are integers of minor units")
     exponent = minor_exponent(currency)
     sign = "-" if amount < 0 else ""
     major, minor = divmod(abs(amount), 10**exponent)
+    whole = f"{major:,}" if grouped else str(major)
     if exponent == 0:
-        return f"{sign}{major:,}"
-    return f"{sign}{major:,}.{minor:0{exponent}d}"
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{minor:0{exponent}d}"
 
 
 def format_minor(amount: int, currency: str) -> str:

@@ -6,17 +6,20 @@ import secrets
 from datetime import datetime
 from functools import wraps
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 
 from app.domain.money import minor_exponent
 from app.extensions import login_manager
+from app.models.clock import utcnow
+from app.ops.export import transactions_csv as transactions_csv_text
 from app.ops.forms import FilterForm, RefundForm
 from app.ops.reasons import explain
 from app.ops.redaction import pretty, pretty_text
 from app.services import ops, refunds
 from app.services.errors import ServiceError
+from app.services.ops import ListFilters
 
 bp = Blueprint("ops", __name__, url_prefix="/ops")
 
@@ -83,17 +86,36 @@ def index():
 GET_FORM_TOKEN_KEY = "csrf_token_get_forms"
 
 
-@bp.get("/transactions")
-def transactions():
+def _list_filters() -> tuple[FilterForm, ListFilters, dict]:
+    """The list's filter form read from the query, its valid filters, and the query to repeat them."""
     form = FilterForm(request.args)
     form.offer_gateways(ops.known_gateways())
     form.validate()
-    filters = form.to_filters()
-    page = ops.list_transactions(filters, after=request.args.get("after"), before=request.args.get("before"))
     params = {k: v for k, v in request.args.items() if k not in ("after", "before", "csrf_token") and v}
+    return form, form.to_filters(), params
+
+
+@bp.get("/transactions")
+def transactions():
+    form, filters, params = _list_filters()
+    page = ops.list_transactions(filters, after=request.args.get("after"), before=request.args.get("before"))
     return render_template("ops/transactions.html", form=form, page=page, filters=filters, params=params,
-                           counts=ops.status_counts(filters),
+                           counts=ops.status_counts(filters), export_limit=ops.EXPORT_LIMIT,
                            get_form_token=generate_csrf(token_key=GET_FORM_TOKEN_KEY))
+
+
+@bp.get("/transactions.csv")
+def transactions_csv():
+    """Every transaction the list's filters select (all pages), as a CSV download."""
+    _, filters, params = _list_filters()
+    try:
+        rows = ops.export_rows(filters, actor=current_user.email)
+    except ServiceError as exc:
+        flash(exc.message, "error")
+        return redirect(url_for("ops.transactions", **params), code=303)
+    name = f"transactions-{utcnow().strftime('%Y%m%dT%H%M%SZ')}.csv"
+    return Response(transactions_csv_text(rows), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
 
 @bp.get("/transactions/<transaction_id>")

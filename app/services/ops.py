@@ -32,6 +32,7 @@ from app.services.status_moves import flag_as_read
 log = logging.getLogger(__name__)
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+_NEWEST_FIRST = (Transaction.created_at.desc(), Transaction.id.desc())  # the list's order, ties by id
 
 
 def money_text(amount: int, currency: str) -> str:
@@ -138,12 +139,36 @@ def list_transactions(filters: ListFilters, *, after: str | None = None, before:
     if older_than is not None:
         c = older_than
         conds += [at <= c.created_at, or_(at < c.created_at, and_(at == c.created_at, tid < c.transaction_id))]
-    rows = list(db.session.scalars(select(Transaction).where(*conds).order_by(at.desc(), tid.desc())
-                                   .limit(limit + 1)))
+    rows = list(db.session.scalars(select(Transaction).where(*conds).order_by(*_NEWEST_FIRST).limit(limit + 1)))
     has_more_older = len(rows) > limit
     rows = rows[:limit]
     return TransactionPage(rows, _cursor_of(rows[-1]) if rows and has_more_older else None,
                            _cursor_of(rows[0]) if rows and older_than is not None else None)
+
+
+EXPORT_LIMIT = 50_000
+_EXPORT_COLUMNS = (Transaction.id, Transaction.order_id, Transaction.created_at, Transaction.updated_at,
+                   Transaction.status, Transaction.amount, Transaction.refunded_amount, Transaction.currency,
+                   Transaction.gateway, Transaction.gateway_session_id, Transaction.needs_review,
+                   Transaction.review_reason)
+
+
+def export_rows(filters: ListFilters, *, actor: str, limit: int | None = None) -> list:
+    """Every transaction under the filters, newest first, read in one statement (one snapshot).
+
+    At most ``limit``: a larger export is refused rather than cut short, so a file never holds
+    part of what its filters asked for without saying so. ``limit`` defaults to EXPORT_LIMIT.
+    """
+    limit = EXPORT_LIMIT if limit is None else limit
+    rows = db.session.execute(select(*_EXPORT_COLUMNS).where(*_conditions(filters)).order_by(*_NEWEST_FIRST)
+                              .limit(limit + 1)).all()
+    db.session.rollback()  # read only: hand the connection back before the file is written
+    if len(rows) > limit:
+        raise ServiceError(422, "export_too_large",
+                           f"More than {limit:,} transactions match these filters; narrow them (dates, status) "
+                           "and export again.")
+    log.info("export of %d transactions by %s (%s)", len(rows), actor, filters)
+    return rows
 
 
 def _cursor_of(tx: Transaction) -> str:

@@ -36,7 +36,7 @@ def events_count(app) -> int:
 def test_the_route_list_covers_the_console(app):
     endpoints = {endpoint for endpoint, _, _ in ops_rules(app)}
     assert {"ops.index", "ops.transactions", "ops.transaction", "ops.webhooks", "ops.recheck", "ops.cancel",
-            "ops.refund", "ops.review", "ops.retry_refund", "auth.logout"} <= endpoints
+            "ops.refund", "ops.review", "ops.retry_refund", "ops.transactions_csv", "auth.logout"} <= endpoints
 
 
 def test_anonymous_users_are_sent_to_login_everywhere(app, client, gateway):
