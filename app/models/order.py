@@ -6,7 +6,7 @@ import secrets
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -29,6 +29,11 @@ class OrderStatus(StrEnum):
 
 class Order(db.Model):
     __tablename__ = "orders"
+    __table_args__ = (
+        # reconciliation's look for paid orders to hand to the handler again, in its order
+        Index("ix_orders_awaiting_fulfillment", "fulfillment_attempts", "paid_at",
+              postgresql_where=text("status = 'paid'"), sqlite_where=text("status = 'paid'")),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: public_id("ord", 12))
     status: Mapped[str] = mapped_column(String(16), default=OrderStatus.OPEN.value)
