@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import lru_cache
 
 from flask import Blueprint, Response, current_app, jsonify
@@ -11,7 +12,9 @@ from sqlalchemy import func, inspect, select, text
 from app import metrics
 from app.domain.status import Status
 from app.extensions import db
-from app.models import Transaction
+from app.jobs import claims
+from app.models import Order, OrderStatus, Transaction
+from app.models.clock import utcnow
 from app.openapi import SPEC
 
 log = logging.getLogger(__name__)
@@ -88,19 +91,33 @@ def readyz():
     return jsonify(body)
 
 
-def _count_pending() -> int:
+def _state_counts() -> dict[str, int]:
+    """The figures of metrics.STATE_GAUGES; none when the database is not answering (a scrape
+    must not fail because of it: the gauges then say -1)."""
+    pending = Transaction.status == Status.PENDING.value
+    counts = {
+        "checkout_pending_transactions": select(func.count()).select_from(Transaction).where(pending),
+        "checkout_overdue_pending_transactions": select(func.count()).select_from(Transaction).where(
+            *claims.due_for_expiry(utcnow() - timedelta(seconds=current_app.config["PAYMENT_EXPIRES_AFTER"]))),
+        "checkout_transactions_needing_review": select(func.count()).select_from(Transaction).where(
+            Transaction.needs_review.is_(True)),
+        "checkout_orders_awaiting_fulfillment": select(func.count()).select_from(Order).where(
+            Order.status == OrderStatus.PAID.value),
+    }
     try:
-        return db.session.scalar(select(func.count()).select_from(Transaction)
-                                 .where(Transaction.status == Status.PENDING.value)) or 0
-    except Exception:  # a scrape must not fail because the database is down
+        found = {name: db.session.scalar(query) or 0 for name, query in counts.items()}
+    except Exception as exc:
+        log.warning("metrics: the database did not answer the state counts (%s)", type(exc).__name__)
         db.session.rollback()
-        return -1
+        return {}
+    db.session.rollback()  # read only
+    return found
 
 
 @bp.get("/metrics")
 def prometheus_metrics():
     """Prometheus exposition format."""
-    body, content_type = metrics.render(_count_pending, current_app.config.get("PROMETHEUS_MULTIPROC_DIR"))
+    body, content_type = metrics.render(_state_counts, current_app.config.get("PROMETHEUS_MULTIPROC_DIR"))
     return Response(body, content_type=content_type)
 
 

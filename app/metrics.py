@@ -30,20 +30,35 @@ GATEWAY_SECONDS = Histogram("checkout_gateway_call_duration_seconds", "Gateway A
                             ["operation", "result"])
 
 
-class _PendingCollector:
-    """Reports the number of pending transactions, read from the database at scrape time."""
+# The state of the books, read from the database at scrape time (so every instance reports the
+# same figures: sum or max them, never both). Each is a number to alert on when it stays up.
+STATE_GAUGES = {
+    "checkout_pending_transactions": "Transactions now pending.",
+    "checkout_overdue_pending_transactions":
+        "Pending transactions older than PAYMENT_EXPIRES_AFTER and not flagged: each reconciliation pass "
+        "expires them, so a count that stays up means reconciliation is not running.",
+    "checkout_transactions_needing_review": "Transactions flagged for review and not yet marked reviewed.",
+    "checkout_orders_awaiting_fulfillment":
+        "Paid orders whose fulfillment handler has not returned (failed, running, or held after a full refund).",
+}
 
-    def __init__(self, count_pending):
-        self.count_pending = count_pending
+
+class _StateCollector:
+    """Reports STATE_GAUGES from ``read_state()``, a mapping of gauge name to value (-1: unknown)."""
+
+    def __init__(self, read_state):
+        self.read_state = read_state
 
     def collect(self):
-        gauge = GaugeMetricFamily("checkout_pending_transactions", "Transactions now pending.")
-        gauge.add_metric([], self.count_pending())
-        yield gauge
+        values = self.read_state()
+        for name, help_text in STATE_GAUGES.items():
+            gauge = GaugeMetricFamily(name, help_text)
+            gauge.add_metric([], values.get(name, -1))
+            yield gauge
 
 
-def render(count_pending, multiprocess_dir: str | None) -> tuple[bytes, str]:
-    """The exposition text of every metric plus the pending gauge."""
+def render(read_state, multiprocess_dir: str | None) -> tuple[bytes, str]:
+    """The exposition text of every metric plus the state gauges."""
     if multiprocess_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -51,7 +66,7 @@ def render(count_pending, multiprocess_dir: str | None) -> tuple[bytes, str]:
     else:
         text = generate_latest(REGISTRY)
     extra = CollectorRegistry()
-    extra.register(_PendingCollector(count_pending))
+    extra.register(_StateCollector(read_state))
     return text + generate_latest(extra), CONTENT_TYPE_LATEST
 
 
