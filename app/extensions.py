@@ -1,5 +1,6 @@
 """Flask extensions, created unbound here and bound to the app in create_app."""
 
+from flask import current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
@@ -20,6 +21,10 @@ socketio = SocketIO()
 login_manager = LoginManager()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address, default_limits=[])
+# One budget per kind of work, per client address, whichever route does it: the JSON API and
+# the pages' forms place orders and start payments through the same counters.
+orders_limit = limiter.shared_limit(lambda: current_app.config["RATELIMIT_ORDERS"], scope="orders")
+initiate_limit = limiter.shared_limit(lambda: current_app.config["RATELIMIT_INITIATE"], scope="initiate")
 
 
 def join_if_connected(room: str, sid: str | None = None) -> bool:

@@ -12,7 +12,7 @@ import logging
 from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
 
 from app.domain.status import Status
-from app.extensions import db, limiter, socketio
+from app.extensions import db, initiate_limit, limiter, socketio
 from app.http import wants_json
 from app.payments import bp
 from app.services import checkout
@@ -58,6 +58,7 @@ STATUS_LABEL = {
 
 
 @bp.post("/checkout/<order_id>/pay")
+@initiate_limit
 def pay(order_id: str):
     """Start or reuse the order's payment; go to the gateway (JSON for the page script)."""
     try:

@@ -1,8 +1,8 @@
 """Routes of the payment API: thin, each calls one service."""
 
-from flask import current_app, jsonify, request
+from flask import jsonify, request
 
-from app.extensions import csrf, limiter
+from app.extensions import csrf, initiate_limit
 from app.http import header_text, json_body
 from app.payments import bp
 from app.payments.schemas import InitiatePaymentRequest
@@ -12,7 +12,7 @@ from app.services.errors import ServiceError
 
 @bp.post("/initiate-payment")
 @csrf.exempt  # JSON only (415 otherwise), which a cross-site form cannot send
-@limiter.limit(lambda: current_app.config["RATELIMIT_INITIATE"])
+@initiate_limit
 def initiate_payment():
     key = header_text("Idempotency-Key")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import redirect, render_template, request, session, url_for
 
 from app.domain.money import EXPONENTS, format_minor
+from app.extensions import orders_limit
 from app.services import catalog, checkout, orders
 from app.services.errors import ServiceError
 from app.shop import bp
@@ -68,6 +69,7 @@ def catalog_page():
 
 
 @bp.post("/checkout")
+@orders_limit
 def place_order():
     lines, raw, problem = _cart_lines()
     if problem:

@@ -1,8 +1,8 @@
 """Routes of the shop blueprint: thin, each calls one service."""
 
-from flask import current_app, jsonify
+from flask import jsonify
 
-from app.extensions import csrf, limiter
+from app.extensions import csrf, orders_limit
 from app.http import json_body
 from app.services import catalog, orders
 from app.shop import bp
@@ -17,7 +17,7 @@ def api_products():
 
 @bp.post("/api/orders")
 @csrf.exempt  # JSON only (415 otherwise), which a cross-site form cannot send
-@limiter.limit(lambda: current_app.config["RATELIMIT_ORDERS"])
+@orders_limit
 def api_create_order():
     body = json_body(OrderRequest)
     order = orders.place_order([(line.sku, line.quantity) for line in body.items])
