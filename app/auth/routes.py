@@ -18,7 +18,8 @@ def _safe_next(target: str | None) -> str:
     """Where to go after login: a path inside /ops on this site, never another origin."""
     if target:
         parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and parts.path.startswith("/ops") and "\\" not in target:
+        if (not parts.scheme and not parts.netloc and parts.path.startswith("/ops") and "\\" not in target
+                and target.isprintable()):  # no CR, LF or other control character for the Location header
             return target
     return url_for("ops.transactions")
 

@@ -91,7 +91,10 @@ def _list_filters() -> tuple[FilterForm, ListFilters, dict]:
     form = FilterForm(request.args)
     form.offer_gateways(ops.known_gateways())
     form.validate()
-    params = {k: v for k, v in request.args.items() if k not in ("after", "before", "csrf_token") and v}
+    # Only the filters' own names: the query repeats into url_for(), where a name of its own
+    # (endpoint, _external, _anchor, _method...) would fail the page or bend its links.
+    fields = {field.name for field in form}
+    params = {k: v for k, v in request.args.items() if k in fields and v}
     return form, form.to_filters(), params
 
 

@@ -149,12 +149,18 @@ def test_login_is_case_insensitive_on_email_and_goes_where_asked(client, staff):
     assert response.status_code == 303 and response.location == "/ops/webhooks"
 
 
-@pytest.mark.parametrize("target", ["https://evil.example/ops", "//evil.example/ops", "/shop", "/\\evil.example"])
+@pytest.mark.parametrize("target", ["https://evil.example/ops", "//evil.example/ops", "/shop", "/\\evil.example",
+                                    "/ops\r\nX-Injected: 1", "/ops/webhooks\n", "/ops\t"])
 def test_login_never_redirects_off_the_console(client, staff, target):
     token = csrf_token(client)
     response = client.post("/ops/login", query_string={"next": target},
                            data={"csrf_token": token, "email": ADMIN, "password": PASSWORD})
     assert response.status_code == 303 and response.location == "/ops/transactions"
+
+
+def test_a_logged_in_visit_to_login_with_a_control_character_in_next_goes_to_the_list(admin_client):
+    response = admin_client.get("/ops/login", query_string={"next": "/ops\r\nX-Injected: 1"})
+    assert response.status_code == 302 and response.location == "/ops/transactions"
 
 
 def test_session_cookie_is_httponly_and_samesite(client, staff):

@@ -190,3 +190,15 @@ def test_edge_dates_and_forged_cursors_are_pages_not_faults(admin_client, many, 
 def test_empty_result_says_so(admin_client, many):
     html = admin_client.get("/ops/transactions?q=txn_nothing_like_it").get_data(as_text=True)
     assert "No transactions match these filters." in html
+
+
+@pytest.mark.parametrize("query", ["_method=POST", "endpoint=x", "_external=1&_scheme=http&_anchor=x",
+                                   "values=1&status=success", "unknown=1&after=x"])
+def test_names_of_url_fors_own_in_the_query_are_ignored_not_a_failure(viewer_client, query):
+    response = viewer_client.get(f"/ops/transactions?{query}")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert 'href="/ops/transactions?status=pending' in html  # links stay plain, relative and fragment-free
+    assert "#x" not in html and "http://localhost" not in html and "endpoint=" not in html
+    export = viewer_client.get(f"/ops/transactions.csv?{query}")
+    assert export.status_code == 200
