@@ -38,7 +38,9 @@ def press_pay(page, context, button):
         button.click()
     gateway_tab = opened.value
     page.wait_for_url(lambda url: bool(TX_URL.search(url)) and url != before)
-    gateway_tab.wait_for_load_state()
+    # The tab opens blank and is sent to the gateway once the payment has its page: wait for
+    # that address, not just a load (about:blank's load is over at once).
+    gateway_tab.wait_for_url(re.compile(r"/pay/[^/]+$"))
     assert screen(page, "pending").is_visible()
     return gateway_tab, TX_URL.search(page.url).group(1)
 
