@@ -157,7 +157,11 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
 
     @app.teardown_appcontext
     def _release_session(_exc):
-        db.session.remove()
+        try:
+            db.session.remove()
+        except Exception as exc:  # a connection that died under the request: the answer is already made
+            logging.getLogger(__name__).warning("releasing the database session failed (%s)", type(exc).__name__)
+            db.session.registry.clear()
 
     _check_fulfillment_handler(app.config["FULFILLMENT_HANDLER"])
     return app

@@ -11,23 +11,36 @@ thirteen round trips, about a tenth of its time. Instead, at checkout:
   balancer may have forgotten it without a word, which only a round trip finds out.
 
 Either way a dead connection is replaced before the request uses it (the pool's own
-reconnect on ``DisconnectionError``), so a database restart costs no failed request.
+reconnect on ``DisconnectionError``), so a database restart between requests costs no failed
+request. A connection that dies *during* a request (a termination or failover under a
+statement) cannot be saved that way: the request answers 503 ``database_unavailable`` (see
+``lost_connection``), and the few writes that must land once work is done outside the
+database (a fulfillment handler returned, an answer to store under its Idempotency-Key) are
+retried on a fresh connection with ``retry_on_lost_connection``.
 Skipping the ping for a connection used moments ago is what HikariCP does by default
 (``aliveBypassWindowMs``, half a second); here the socket is still looked at.
 """
 
 from __future__ import annotations
 
+import logging
 import select
 import time
 from functools import cache
 
+from typing import Callable, TypeVar
+
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+log = logging.getLogger(__name__)
 _RETURNED_AT = "checkout.returned_at"
+T = TypeVar("T")
+# How long a write that must land keeps trying on fresh connections (a failover's usual length).
+RETRY_LOST_CONNECTION_FOR = 15.0
 
 
 @cache  # looked up at the first checkout: wsgi.py has patched (or not) long before
@@ -82,3 +95,66 @@ def init_app(app: Flask) -> None:
         engine = db.engine
     if engine.dialect.name == "postgresql":
         watch(engine, app.config["DATABASE_PING_AFTER_IDLE"])
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """True when the database connection broke under a statement: the server ended the
+    session, the network dropped it, or the server is shutting down or unreachable."""
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)))
+
+
+def retry_on_lost_connection(work: Callable[[], T], *, what: str, seconds: float | None = None) -> T:
+    """Run ``work`` (one database transaction, committed inside it) until it gets through,
+    on a fresh connection each time the last one broke, for up to ``seconds``.
+
+    ``work`` must be safe to run again after a commit whose answer was lost: a compare-and-set
+    that can tell its own earlier write from someone else's. Other errors are not retried.
+    """
+    def tell(state) -> None:
+        log.warning("database connection lost during %s (attempt %d), trying again on a fresh one: %s",
+                    what, state.attempt_number, type(state.outcome.exception()).__name__)
+
+    for attempt in Retrying(retry=retry_if_exception(lost_connection), reraise=True, before_sleep=tell,
+                            stop=stop_after_delay(RETRY_LOST_CONNECTION_FOR if seconds is None else seconds),
+                            wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1)):
+        with attempt:
+            try:
+                return work()
+            except Exception:
+                discard_transaction()  # drops a broken connection; the next statement checks out another
+                raise
+    raise AssertionError("unreachable: Retrying re-raises the last error")  # pragma: no cover
+
+
+def discard_transaction() -> None:
+    """Roll the session back after a failure; on a connection that is already gone the rollback
+    can fail too, and then the session is closed instead (either way it starts afresh)."""
+    from app.extensions import db
+
+    try:
+        db.session.rollback()
+    except Exception as exc:
+        log.warning("rollback on a broken connection failed (%s); closing the session", type(exc).__name__)
+        db.session.close()
+
+
+def end_transaction_before_waiting() -> None:
+    """Commit the session's transaction before a call that can take long, such as a gateway
+    call (up to GATEWAY_TOTAL_BUDGET): left open, its connection would sit idle in a
+    transaction all that time, out of the pool, holding its table locks (a migration's ALTER
+    would queue behind it, and every query behind that), and liable to be ended by an
+    idle-in-transaction timeout, so the write recording the answer would fail after the gateway
+    had acted. Callers hold only reads at this point; a commit, not a rollback, so that a write
+    a future caller left pending would be kept rather than silently lost. Objects already
+    loaded keep the values they were read with (as they did while the transaction stayed
+    open), rather than each reading its row again, in a new transaction, at its next use."""
+    from app.extensions import db
+
+    session = db.session()
+    if session.in_transaction():
+        expire_on_commit, session.expire_on_commit = session.expire_on_commit, False
+        try:
+            session.commit()
+        finally:
+            session.expire_on_commit = expire_on_commit

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from app.bounded_json import MAX_DEPTH
+from app.connections import discard_transaction, lost_connection
 from app.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,9 @@ def error_response(status: int, code: str, message: str, extra: dict | None = No
     return jsonify({"error": code, "message": message, **(extra or {})}), status
 
 
-def _page_or_json(status: int, code: str, message: str):
+def _page_or_json(status: int, code: str, message: str, extra: dict | None = None):
     if wants_json():
-        return error_response(status, code, message)
+        return error_response(status, code, message, extra)
     return render_template("error.html", status=status, message=message), status
 
 
@@ -170,14 +171,16 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def on_fault(exc: Exception):
         reference = secrets.token_hex(6)
+        discard_transaction()
+        if lost_connection(exc):
+            # The database connection broke under the request (a failover, a termination): nothing
+            # uncommitted was kept, and trying again in a moment is the whole remedy.
+            log.error("database connection lost ref=%s on %s %s: %s", reference, request.method, request.path,
+                      type(exc.orig).__name__ if getattr(exc, "orig", None) is not None else type(exc).__name__)
+            body, status = _page_or_json(503, "database_unavailable", "The connection to our database was lost "
+                                         f"while answering; please try again in a moment (reference {reference}).",
+                                         {"reference": reference})
+            return body, status, {"Retry-After": "2"}
         log.exception("unhandled fault ref=%s on %s %s", reference, request.method, request.path)
-        try:
-            from app.extensions import db
-
-            db.session.rollback()
-        except Exception:
-            log.exception("rollback after fault ref=%s failed", reference)
-        message = f"Something went wrong on our side (reference {reference}). Please try again."
-        if wants_json():
-            return error_response(500, "internal_error", message, {"reference": reference})
-        return render_template("error.html", status=500, message=message), 500
+        return _page_or_json(500, "internal_error", f"Something went wrong on our side (reference {reference}). "
+                             "Please try again.", {"reference": reference})

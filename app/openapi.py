@@ -23,6 +23,8 @@ _COMMON_ERRORS = {
                   "also malformed JSON (malformed_json)."),
     "429": _error("Too many requests."),
     "500": _error("Unexpected fault (logged with a reference)."),
+    "503": _error("The database connection was lost while answering (database_unavailable, with a reference "
+                  "and Retry-After): try again."),
 }
 _BODY_ERRORS = {
     "413": _error("Body too large."),
@@ -87,6 +89,7 @@ SPEC: dict = {
                 "413": _error("Body too large."),
                 "429": _error("Too many refused deliveries from this address."),
                 "500": _COMMON_ERRORS["500"],
+                "503": _COMMON_ERRORS["503"],  # the gateway delivers again
             },
         }},
         "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Alive."}}}},

@@ -92,6 +92,15 @@ def make_app(database_url):
 
 
 @pytest.fixture
+def pg_admin(postgres_url):
+    """An autocommit connection to this worker's PostgreSQL database, as a second client."""
+    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        yield conn
+    engine.dispose()
+
+
+@pytest.fixture
 def make_pg_app(postgres_url):
     """Build app instances on this worker's PostgreSQL database only (no SQLite run)."""
     with _apps_on(postgres_url) as build:

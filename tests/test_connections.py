@@ -12,14 +12,6 @@ from app.extensions import db
 from tests.conftest import prepare_database
 
 
-@pytest.fixture
-def admin(postgres_url):
-    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        yield conn
-    engine.dispose()
-
-
 def _pooled_pid(app) -> int:
     """The backend of the connection the app's pool holds after one use."""
     with app.app_context():
@@ -28,19 +20,19 @@ def _pooled_pid(app) -> int:
     return pid
 
 
-def _last_statement(admin, pid: int) -> str:
-    return admin.scalar(sa.text("SELECT query FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid})
+def _last_statement(pg_admin, pid: int) -> str:
+    return pg_admin.scalar(sa.text("SELECT query FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid})
 
 
-def test_a_connection_the_server_ended_is_replaced_before_a_request_uses_it(make_pg_app, postgres_url, admin):
+def test_a_connection_the_server_ended_is_replaced_before_a_request_uses_it(make_pg_app, postgres_url, pg_admin):
     app = make_pg_app()
     prepare_database(app, postgres_url)
     app.test_client().get("/api/products")
     ended = _pooled_pid(app)
     # a restart, as a pooled session sees it
-    admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": ended})
+    pg_admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": ended})
     deadline = time.monotonic() + 5
-    while _last_statement(admin, ended) is not None and time.monotonic() < deadline:
+    while _last_statement(pg_admin, ended) is not None and time.monotonic() < deadline:
         time.sleep(0.02)
 
     response = app.test_client().get("/api/products")
@@ -50,26 +42,26 @@ def test_a_connection_the_server_ended_is_replaced_before_a_request_uses_it(make
     assert _pooled_pid(app) != ended
 
 
-def test_only_a_connection_idle_longer_than_the_setting_is_pinged(make_pg_app, admin):
+def test_only_a_connection_idle_longer_than_the_setting_is_pinged(make_pg_app, pg_admin):
     app = make_pg_app(DATABASE_PING_AFTER_IDLE=2)  # long enough for a loaded machine between two lines
     with app.app_context():
         engine = db.engine
     with engine.connect() as conn:
         pid = conn.scalar(sa.text("SELECT pg_backend_pid()"))
         conn.commit()
-    assert _last_statement(admin, pid) == "COMMIT"
+    assert _last_statement(pg_admin, pid) == "COMMIT"
 
     with engine.connect() as conn:  # used a moment ago: its socket is looked at, nothing is sent
-        assert _last_statement(admin, pid) == "COMMIT"
+        assert _last_statement(pg_admin, pid) == "COMMIT"
         assert conn.scalar(sa.text("SELECT pg_backend_pid()")) == pid
         conn.commit()
     time.sleep(2.2)
     with engine.connect() as conn:  # idle for longer: pinged before it is handed out
-        assert _last_statement(admin, pid) == ";"
+        assert _last_statement(pg_admin, pid) == ";"
         assert conn.scalar(sa.text("SELECT pg_backend_pid()")) == pid
 
 
-def test_a_connection_on_a_descriptor_past_1024_is_checked_too(make_pg_app, admin):
+def test_a_connection_on_a_descriptor_past_1024_is_checked_too(make_pg_app, pg_admin):
     """A busy worker holds many sockets (websockets), so the database's may be numbered past
     1024, where select() cannot look: the check must still work there."""
     resource = pytest.importorskip("resource")

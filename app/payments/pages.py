@@ -94,8 +94,8 @@ def payment_page(transaction_id: str):
     tx = get_transaction(transaction_id)
     returned = "returned" in request.args or "cancelled" in request.args
     if returned and tx.status == Status.PENDING.value:
-        db.session.commit()  # end this request's read before another session writes
-        _check_returning_shopper(tx.id)
+        db.session.commit()  # end this request's read before another session writes (and the wait)
+        _check_returning_shopper(transaction_id)  # not tx.id: reading the expired row would begin again
         db.session.expire_all()
         tx = get_transaction(transaction_id)
     order = tx.order

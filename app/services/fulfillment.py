@@ -21,6 +21,7 @@ from flask import current_app
 from sqlalchemy import bindparam, exists, or_, select, update
 
 from app.domain.status import Status
+from app.connections import retry_on_lost_connection
 from app.extensions import db
 from app.metrics import FULFILLMENTS
 from app.models import Order, OrderStatus, Transaction
@@ -76,21 +77,28 @@ def _claim_free(now):
 def fulfill_order(order_id: str, *, source: str = "system") -> bool:
     """Claim a paid order nobody is fulfilling and run its handler; True when this call fulfilled it."""
     now = utcnow()
-    claimed = db.session.execute(
+    transaction_id = db.session.execute(
         update(Order)
         .where(Order.id == order_id, Order.status == OrderStatus.PAID.value, _claim_free(now), _NOT_REFUNDED)
         .values(fulfillment_claimed_at=now, fulfillment_attempts=Order.fulfillment_attempts + 1)
+        .returning(Order.paid_transaction_id)
         .execution_options(synchronize_session=False)
-    ).rowcount
-    db.session.commit()
-    if claimed != 1:
+    ).scalar()
+    db.session.commit()  # and no statement after it: the handler runs with no transaction open
+    if transaction_id is None:
         return False
-    transaction_id = db.session.scalar(select(Order.paid_transaction_id).where(Order.id == order_id))
     return run_claimed(order_id, transaction_id, now, source=source)
 
 
 def run_claimed(order_id: str, transaction_id: str, claimed_at, *, source: str = "system") -> bool:
-    """Run the handler for an order whose claim (taken at ``claimed_at``) this caller holds."""
+    """Run the handler for an order whose claim (taken at ``claimed_at``) this caller holds.
+
+    The caller has committed: no database transaction is open while the handler runs (minutes,
+    perhaps), so no connection sits idle in one for a timeout, a failover or a pooler to end.
+    Once the handler returns, its return is recorded even if the connection breaks under the
+    write: it is retried on a fresh one (``retry_on_lost_connection``) rather than left for
+    the lease to run out and the handler to be run again.
+    """
     try:
         load_handler(current_app.config["FULFILLMENT_HANDLER"])(order_id, transaction_id)
     except Exception as exc:  # the handler is someone else's code: record, release, retry later
@@ -105,10 +113,9 @@ def run_claimed(order_id: str, transaction_id: str, claimed_at, *, source: str =
         FULFILLMENTS.labels("error").inc()
         return False
     done = utcnow()
-    finished = db.session.connection().execute(
-        _FINISH, {"order_id": order_id, "claimed_at": claimed_at, "done": done}
-    ).rowcount
-    if finished != 1:
+    finished = retry_on_lost_connection(lambda: _finish(order_id, transaction_id, claimed_at, done, source),
+                                        what=f"recording order {order_id} fulfilled")
+    if not finished:
         # Our claim outlived its lease and was taken over: the handler overran
         # FULFILLMENT_LEASE_SECONDS. Say so loudly; whoever holds the claim now finishes.
         log.error("order=%s txn=%s handler returned after its claim was taken over (lease %ss too short?)",
@@ -118,10 +125,23 @@ def run_claimed(order_id: str, transaction_id: str, claimed_at, *, source: str =
                         outcome="error")
         db.session.commit()
         return False
-    timeline.record(transaction_id, "fulfillment", source, "order fulfilled", outcome="ok")
-    db.session.commit()
     log.info("order=%s txn=%s fulfilled", order_id, transaction_id)
     FULFILLMENTS.labels("fulfilled").inc()
+    return True
+
+
+def _finish(order_id: str, transaction_id: str, claimed_at, done, source: str) -> bool:
+    """Mark the order fulfilled under the claim taken at ``claimed_at`` and commit; False when
+    the claim was taken over. Safe to run again: a commit whose answer was lost has stamped
+    the order with ``done``, and that is recognised as this run's own write."""
+    finished = db.session.connection().execute(
+        _FINISH, {"order_id": order_id, "claimed_at": claimed_at, "done": done}
+    ).rowcount
+    if finished != 1:
+        db.session.rollback()
+        return db.session.scalar(select(Order.fulfilled_at).where(Order.id == order_id)) == done
+    timeline.record(transaction_id, "fulfillment", source, "order fulfilled", outcome="ok")
+    db.session.commit()
     return True
 
 

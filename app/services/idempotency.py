@@ -12,6 +12,7 @@ from flask import current_app
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 
+from app.connections import retry_on_lost_connection
 from app.extensions import db
 from app.models import IdempotencyRecord
 from app.models.clock import utcnow
@@ -114,15 +115,28 @@ def _stale(record: IdempotencyRecord, now) -> bool:
 
 def finish(claim: Claim, status_code: int, response: dict) -> None:
     """Store the answer given to the request holding ``claim``; a claim taken over since (its
-    request outlived ABANDONED_AFTER) stores nothing, so the key's answer never changes."""
-    stored = db.session.execute(
-        update(IdempotencyRecord)
-        .where(IdempotencyRecord.key == claim.key, IdempotencyRecord.created_at == claim.claimed_at,
-               IdempotencyRecord.status_code.is_(None))
-        .values(status_code=status_code, response=response)
-    ).rowcount
-    db.session.commit()
-    if stored != 1:
+    request outlived ABANDONED_AFTER) stores nothing, so the key's answer never changes.
+
+    The work is done by now (a payment may have been started), so a connection lost under the
+    write is retried on a fresh one: otherwise a copy of the request would wait for an answer
+    that never comes, then be refused as in progress until the claim is abandoned.
+    """
+    def store() -> bool:
+        stored = db.session.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.key == claim.key, IdempotencyRecord.created_at == claim.claimed_at,
+                   IdempotencyRecord.status_code.is_(None))
+            .values(status_code=status_code, response=response)
+        ).rowcount
+        db.session.commit()
+        if stored == 1:
+            return True
+        record = db.session.get(IdempotencyRecord, claim.key, populate_existing=True)
+        db.session.rollback()
+        # stored by our own earlier attempt, whose commit went through but whose answer was lost
+        return record is not None and record.created_at == claim.claimed_at and record.status_code == status_code
+
+    if not retry_on_lost_connection(store, what=f"storing the answer to Idempotency-Key claim {claim.claimed_at}"):
         log.warning("idempotency key claim from %s was taken over before it answered", claim.claimed_at)
 
 

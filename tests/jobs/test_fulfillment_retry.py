@@ -29,6 +29,9 @@ def test_a_failing_handler_is_retried_by_the_next_pass(app, client, gateway):
     assert (second.due, second.fulfilled, second.errors) == (0, 1, 0)
     assert order_status(app, order_id) == "fulfilled"
     assert fulfillment_probe.calls == [(order_id, tx_id)]
+    # Neither run held a database transaction open while the handler worked (a connection idle
+    # in one can be ended under it, and the handler's return then went unrecorded).
+    assert fulfillment_probe.in_transaction == [False, False]
 
     assert reconcile(app).fulfilled == 0
     assert fulfillment_probe.calls == [(order_id, tx_id)]

@@ -66,7 +66,7 @@ def test_work_stopped_between_the_success_and_its_refund_is_finished_by_reconcil
 
     with monkeypatch.context() as faults:  # the success commits, then the refund's commit fails
         faults.setattr(refunds, "follow_gateway_refund", connection_lost)
-        assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 500
+        assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 503  # gateway retries
     assert _tx(app, tx_id) == ("success", "refunded", 0)
     assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 200  # another delivery
 
