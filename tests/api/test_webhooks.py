@@ -108,6 +108,17 @@ def test_unknown_transaction_is_acknowledged(app, client, amount):
     assert response.get_json()["outcome"] == "unknown_transaction"
 
 
+def test_a_delivery_for_an_unknown_transaction_is_recorded_and_its_repeat_is_a_duplicate(app, client):
+    raw, headers = sign(status_event("txn_unknown_twice", "success", 1999))
+    assert client.post("/payment-callback", data=raw, headers=headers).get_json()["outcome"] == "unknown_transaction"
+    with app.app_context():
+        stored = db.session.scalars(select(WebhookEvent).where(WebhookEvent.webhook_id == headers["webhook-id"])).all()
+        assert [(event.transaction_id, event.outcome) for event in stored] == [("txn_unknown_twice",
+                                                                                 "unknown_transaction")]
+    again = client.post("/payment-callback", data=raw, headers=headers)
+    assert again.status_code == 200 and again.get_json()["outcome"] == "duplicate"
+
+
 def test_refused_move_is_acknowledged_and_recorded(app, client, pending):
     _, tx_id = pending
     post_webhook(client, status_event(tx_id, "success", 1999))
@@ -163,6 +174,31 @@ def test_second_successful_transaction_is_flagged_and_not_fulfilled_again(app, c
         tx = db.session.get(Transaction, first)
         assert tx.needs_review and tx.review_reason == "duplicate_payment_refund_owed"
         assert db.session.get(Order, order["order_id"]).paid_transaction_id == second
+
+
+def test_a_second_payment_for_an_order_paid_but_not_yet_fulfilled_is_flagged_too(app, client, gateway):
+    """The order is paid but its handler failed (so it waits, paid, for a retry): a success for
+    another payment of it must not take the order over, nor touch its claim."""
+    order = place_order(client)
+    first = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    post_webhook(client, status_event(first, "expired", 1999))
+    second = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    fulfillment_probe.reset(fail_times=1)
+    post_webhook(client, status_event(second, "success", 1999))
+    with app.app_context():
+        paid = db.session.get(Order, order["order_id"])
+        assert paid.status == "paid" and paid.paid_transaction_id == second
+        before = (paid.paid_at, paid.fulfillment_attempts, paid.fulfillment_claimed_at)
+
+    post_webhook(client, status_event(first, "success", 1999))
+
+    with app.app_context():
+        paid = db.session.get(Order, order["order_id"])
+        assert (paid.status, paid.paid_transaction_id) == ("paid", second)
+        assert (paid.paid_at, paid.fulfillment_attempts, paid.fulfillment_claimed_at) == before
+        tx = db.session.get(Transaction, first)
+        assert tx.needs_review and tx.review_reason == "duplicate_payment_refund_owed"
+    assert fulfillment_probe.calls == []  # the first run failed; nothing ran for the duplicate
 
 
 def test_failing_handler_leaves_order_paid_and_can_be_retried(app, client, pending):

@@ -175,6 +175,28 @@ def test_unanswered_refund_holds_the_amount_and_can_be_retried(app, admin_client
     assert response.status_code == 409
 
 
+def test_the_outcome_unknown_flag_stays_until_every_unanswered_refund_is_answered(app, admin_client, client,
+                                                                                  gateway):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=503)
+    for amount in ("700", "500"):
+        assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": amount}).status_code == 502
+    with app.app_context():
+        first, second = db.session.scalars(select(Refund.id).order_by(Refund.amount.desc())).all()
+    gateway.replace(responses.POST, REFUNDS_URL, json={"refund_id": "re_first", "status": "succeeded"})
+
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{first}/retry").status_code == 303
+
+    with app.app_context():  # the 500 may still have been made at the gateway: still for review
+        tx = db.session.get(Transaction, tx_id)
+        assert tx.needs_review and tx.review_reason == "refund_outcome_unknown"
+    gateway.replace(responses.POST, REFUNDS_URL, json={"refund_id": "re_second", "status": "succeeded"})
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{second}/retry").status_code == 303
+    with app.app_context():
+        assert not db.session.get(Transaction, tx_id).needs_review
+    assert state(app, tx_id) == ("partially_refunded", 1200, [(700, "succeeded"), (500, "succeeded")])
+
+
 @pytest.mark.parametrize("amount", [0, -1, 1.5, "5", True, None])
 def test_the_service_accepts_only_positive_integers(app, client, gateway, amount):
     _, tx_id, _ = paid_transaction(client, gateway)

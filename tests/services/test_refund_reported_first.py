@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
@@ -14,6 +15,7 @@ from app.extensions import db
 from app.models import Order, Transaction
 from app.models.clock import utcnow
 from app.services import gateway_reports, refunds
+from app.services.fulfillment import fulfill_order, orders_awaiting_fulfillment
 from app.services.status_moves import apply_status, read_state
 from tests import fulfillment_probe
 from tests.conftest import place_order, post_webhook, start_payment, status_event
@@ -128,3 +130,69 @@ def test_the_poller_hearing_the_remembered_refund_again_adds_nothing(app, client
     assert lines == ["poll: gateway says refunded", "the gateway reports the payment refunded before reporting "
                      "its success: flagged, and the refund will follow the success when it comes"]
     assert _tx(app, tx_id) == ("pending", "refunded", 0)
+
+
+# Cases a mutation review found untested (each test fails when its guard is taken out).
+
+
+@pytest.mark.parametrize("closed", ["failure", "expired", "cancelled"])
+def test_a_refund_reported_for_a_payment_closed_here_is_remembered_for_its_late_success(app, client, gateway,
+                                                                                           closed):
+    """Closed here, paid at the gateway after all, and refunded there before we heard of the
+    success: the refund is remembered like one for a pending payment, and follows the success."""
+    order_id, tx_id = _pending(client, gateway)
+    assert post_webhook(client, status_event(tx_id, closed, 1999)).status_code == 200
+    assert post_webhook(client, status_event(tx_id, "refunded", 1999)).status_code == 200
+    assert _tx(app, tx_id) == (closed, "refunded", 0)
+    with app.app_context():
+        tx = db.session.get(Transaction, tx_id)
+        assert tx.needs_review and "refund_reported_before_success" in tx.review_reason
+
+    assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 200
+
+    assert _tx(app, tx_id) == REFUNDED_IN_FULL
+    assert fulfillment_probe.calls == [] and _order(app, order_id) == "paid"
+
+
+def test_a_full_refund_reported_after_a_partial_one_is_the_one_remembered(app, client, gateway):
+    order_id, tx_id = _pending(client, gateway)
+    assert post_webhook(client, status_event(tx_id, "partially_refunded", 1999)).status_code == 200
+    assert _tx(app, tx_id) == ("pending", "partially_refunded", 0)
+    assert post_webhook(client, status_event(tx_id, "refunded", 1999)).status_code == 200
+    assert _tx(app, tx_id) == ("pending", "refunded", 0)
+
+    assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 200
+
+    assert _tx(app, tx_id) == REFUNDED_IN_FULL
+    assert fulfillment_probe.calls == [] and _order(app, order_id) == "paid"
+
+
+def test_a_full_refund_remembered_but_not_yet_applied_keeps_the_order_from_shipping(app, client, gateway):
+    """Should the remembered refund not have followed yet (a pass that has not reached it), the
+    order is still not handed to the handler, nor listed for it."""
+    fulfillment_probe.reset(fail_times=1)
+    order_id, tx_id = _pending(client, gateway)
+    assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 200
+    assert _order(app, order_id) == "paid" and fulfillment_probe.calls == []
+    with app.app_context():  # test data: a full refund remembered on the paid payment
+        db.session.execute(update(Transaction).where(Transaction.id == tx_id).values(refund_reported="refunded"))
+        db.session.commit()
+        assert fulfill_order(order_id) is False
+        assert orders_awaiting_fulfillment() == []
+    assert fulfillment_probe.calls == [] and _order(app, order_id) == "paid"
+
+
+def test_an_order_refunded_in_full_after_its_handler_failed_is_not_retried_nor_counted_an_error(
+        app, client, gateway):
+    fulfillment_probe.reset(fail_times=1)
+    order_id, tx_id = _pending(client, gateway)
+    assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 200
+    assert post_webhook(client, status_event(tx_id, "refunded", 1999)).status_code == 200
+    assert _tx(app, tx_id) == REFUNDED_IN_FULL
+
+    with app.app_context():
+        assert orders_awaiting_fulfillment() == []
+    summary = reconcile(app)
+
+    assert (summary.fulfilled, summary.errors) == (0, 0)
+    assert fulfillment_probe.calls == [] and _order(app, order_id) == "paid"
