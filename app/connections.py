@@ -27,7 +27,6 @@ import logging
 import select
 import time
 from functools import cache
-
 from typing import Callable, TypeVar
 
 from flask import Flask

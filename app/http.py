@@ -173,13 +173,14 @@ def init_app(app: Flask) -> None:
         reference = secrets.token_hex(6)
         discard_transaction()
         if lost_connection(exc):
-            # The database connection broke under the request (a failover, a termination): nothing
-            # uncommitted was kept, and trying again in a moment is the whole remedy.
+            # The database connection broke under the request (a failover, a termination; also a
+            # deadlock or a timeout the server ended it with): nothing uncommitted was kept, and
+            # trying again in a moment is the remedy.
             log.error("database connection lost ref=%s on %s %s: %s", reference, request.method, request.path,
                       type(exc.orig).__name__ if getattr(exc, "orig", None) is not None else type(exc).__name__)
-            body, status = _page_or_json(503, "database_unavailable", "The connection to our database was lost "
-                                         f"while answering; please try again in a moment (reference {reference}).",
-                                         {"reference": reference})
+            body, status = _page_or_json(503, "database_unavailable", "Our database could not finish this request "
+                                         "(its connection was lost, or it is failing over); please try again in a "
+                                         f"moment (reference {reference}).", {"reference": reference})
             return body, status, {"Retry-After": "2"}
         log.exception("unhandled fault ref=%s on %s %s", reference, request.method, request.path)
         return _page_or_json(500, "internal_error", f"Something went wrong on our side (reference {reference}). "

@@ -77,17 +77,17 @@ def _claim_free(now):
 def fulfill_order(order_id: str, *, source: str = "system") -> bool:
     """Claim a paid order nobody is fulfilling and run its handler; True when this call fulfilled it."""
     now = utcnow()
-    transaction_id = db.session.execute(
+    claimed = db.session.execute(
         update(Order)
         .where(Order.id == order_id, Order.status == OrderStatus.PAID.value, _claim_free(now), _NOT_REFUNDED)
         .values(fulfillment_claimed_at=now, fulfillment_attempts=Order.fulfillment_attempts + 1)
         .returning(Order.paid_transaction_id)
         .execution_options(synchronize_session=False)
-    ).scalar()
+    ).first()
     db.session.commit()  # and no statement after it: the handler runs with no transaction open
-    if transaction_id is None:
+    if claimed is None:
         return False
-    return run_claimed(order_id, transaction_id, now, source=source)
+    return run_claimed(order_id, claimed.paid_transaction_id, now, source=source)
 
 
 def run_claimed(order_id: str, transaction_id: str, claimed_at, *, source: str = "system") -> bool:
