@@ -61,6 +61,23 @@ def test_only_a_connection_idle_longer_than_the_setting_is_pinged(make_pg_app, p
         assert conn.scalar(sa.text("SELECT pg_backend_pid()")) == pid
 
 
+def test_the_idle_clock_restarts_at_each_return_to_the_pool(make_pg_app, pg_admin):
+    """Idle means since the connection last came back, not since it first did: a connection in
+    steady use is never pinged, however long it has been in use (found by mutation review)."""
+    app = make_pg_app(DATABASE_PING_AFTER_IDLE=2)
+    with app.app_context():
+        engine = db.engine
+    started = time.monotonic()
+    while time.monotonic() - started < 3.5:  # longer than the setting in all, each gap far shorter
+        with engine.connect() as conn:
+            pid = conn.scalar(sa.text("SELECT pg_backend_pid()"))
+            conn.commit()
+        time.sleep(0.25)
+    with engine.connect() as conn:
+        assert _last_statement(pg_admin, pid) == "COMMIT"  # not ";": no ping on this checkout either
+        assert conn.scalar(sa.text("SELECT pg_backend_pid()")) == pid
+
+
 def test_a_connection_on_a_descriptor_past_1024_is_checked_too(make_pg_app, pg_admin):
     """A busy worker holds many sockets (websockets), so the database's may be numbered past
     1024, where select() cannot look: the check must still work there."""
