@@ -81,8 +81,11 @@ class Config:
     # A pool larger than SQLAlchemy's default 5+10: one gevent worker serves many requests at once.
     # No pool_pre_ping: app/connections.py checks a connection at checkout without a round trip,
     # and pings only one idle for longer than DATABASE_PING_AFTER_IDLE seconds.
+    # connect_timeout: an unreachable server (a failover) fails a connect in 10 s, not the
+    # operating system's two minutes, so a request answers 503 and a retried write tries again.
     SQLALCHEMY_ENGINE_OPTIONS: dict = (
-        {} if SQLALCHEMY_DATABASE_URI.startswith("sqlite") else {"pool_size": 20, "max_overflow": 20}
+        {} if SQLALCHEMY_DATABASE_URI.startswith("sqlite")
+        else {"pool_size": 20, "max_overflow": 20, "connect_args": {"connect_timeout": 10}}
     )
     DATABASE_PING_AFTER_IDLE = 10.0
     PUBLIC_BASE_URL = (_env("PUBLIC_BASE_URL", "http://127.0.0.1:5000") or "").rstrip("/")

@@ -33,6 +33,7 @@ from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,40 @@ def init_app(app: Flask) -> None:
         watch(engine, app.config["DATABASE_PING_AFTER_IDLE"])
 
 
+# SQLSTATE classes and codes that say "try again in a moment": connection exceptions (08),
+# operator intervention (57: shutdown, termination, cancel, cannot connect now), transaction
+# rollback (40: deadlock, serialization), too many connections, lock not available.
+_TRANSIENT_SQLSTATES = ("08", "57", "40", "53300", "55P03")
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
+
 def lost_connection(exc: BaseException) -> bool:
-    """True when the database connection broke under a statement: the server ended the
-    session, the network dropped it, or the server is shutting down or unreachable."""
-    return isinstance(exc, DBAPIError) and (
-        exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)))
+    """True when the database could not finish a statement for a passing reason: the connection
+    broke (the server ended the session, the network dropped it, a failover), the server is
+    shutting down or refusing connections, a deadlock or a lock wait ended the transaction, or no
+    pooled connection came free in time. Trying again in a moment is the remedy for these; a
+    missing table, a syntax error or a constraint is not one of them (those are faults)."""
+    if isinstance(exc, PoolTimeoutError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate.startswith(_TRANSIENT_SQLSTATES)
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        return str(exc.orig).startswith(_SQLITE_BUSY)
+    return True  # psycopg's own: no SQLSTATE means the client lost the server (closed, unreachable)
+
+
+def database_error_text(exc: BaseException) -> str:
+    """The database's own first line of the error, for a log line (never the statement's parameters)."""
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first}"[:300]
 
 
 def retry_on_lost_connection(work: Callable[[], T], *, what: str, seconds: float | None = None) -> T:
@@ -112,7 +142,7 @@ def retry_on_lost_connection(work: Callable[[], T], *, what: str, seconds: float
     """
     def tell(state) -> None:
         log.warning("database connection lost during %s (attempt %d), trying again on a fresh one: %s",
-                    what, state.attempt_number, type(state.outcome.exception()).__name__)
+                    what, state.attempt_number, database_error_text(state.outcome.exception()))
 
     for attempt in Retrying(retry=retry_if_exception(lost_connection), reraise=True, before_sleep=tell,
                             stop=stop_after_delay(RETRY_LOST_CONNECTION_FOR if seconds is None else seconds),

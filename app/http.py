@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from app.bounded_json import MAX_DEPTH
-from app.connections import discard_transaction, lost_connection
+from app.connections import database_error_text, discard_transaction, lost_connection
 from app.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,8 @@ def init_app(app: Flask) -> None:
             # The database connection broke under the request (a failover, a termination; also a
             # deadlock or a timeout the server ended it with): nothing uncommitted was kept, and
             # trying again in a moment is the remedy.
-            log.error("database connection lost ref=%s on %s %s: %s", reference, request.method, request.path,
-                      type(exc.orig).__name__ if getattr(exc, "orig", None) is not None else type(exc).__name__)
+            log.error("database could not finish ref=%s on %s %s: %s", reference, request.method, request.path,
+                      database_error_text(exc))
             body, status = _page_or_json(503, "database_unavailable", "Our database could not finish this request "
                                          "(its connection was lost, or it is failing over); please try again in a "
                                          f"moment (reference {reference}).", {"reference": reference})

@@ -8,11 +8,14 @@ handler that had returned was run again, and requests answered 500.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
+from app.connections import lost_connection
 from app.extensions import db
 from app.models import Order, TransactionEvent
 from app.services.fulfillment import fulfill_order
@@ -139,3 +142,70 @@ def test_an_answer_stored_under_an_idempotency_key_survives_the_session_ending_u
 
     assert first.status_code == 201, first.get_json()
     assert again.status_code == 201 and again.get_json() == first.get_json()  # replayed, not "in progress"
+
+
+def test_no_pooled_connection_coming_free_in_time_is_a_503_too(make_pg_app, postgres_url):
+    app = make_pg_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.3})
+    prepare_database(app, postgres_url)
+    with app.app_context():
+        engine = db.engine
+    with engine.connect():  # the only connection, taken
+        busy = app.test_client().get("/api/products")
+    assert busy.status_code == 503 and busy.get_json()["error"] == "database_unavailable"
+    assert app.test_client().get("/api/products").status_code == 200
+
+
+def test_a_handler_that_returned_is_recorded_when_the_pool_is_busy_for_a_moment(make_pg_app, postgres_url, gateway):
+    """The write recording a return waits for a pooled connection longer than pool_timeout: it
+    is tried again, not given up (which left the claim held, and the handler to be run again)."""
+    app = make_pg_app(FULFILLMENT_HANDLER="tests.fulfillment_probe:record",
+                      SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.3})
+    prepare_database(app, postgres_url)
+    client = app.test_client()
+    order = place_order(client)
+    tx_id = start_payment(client, gateway, order["order_id"])["transaction_id"]
+    with app.app_context():
+        engine = db.engine
+    released = threading.Event()
+
+    def hold_the_pool():  # as another request would, from the moment the handler returns
+        with engine.connect():
+            time.sleep(0.8)
+        released.set()
+
+    fulfillment_probe.reset()
+    original = fulfillment_probe.record
+
+    def record_then_busy(order_id, transaction_id):
+        original(order_id, transaction_id)
+        threading.Thread(target=hold_the_pool).start()
+        time.sleep(0.05)  # the other request has the connection before the write asks for it
+
+    fulfillment_probe.record = record_then_busy
+    try:
+        response = post_webhook(client, status_event(tx_id, "success", order["total"]))
+    finally:
+        fulfillment_probe.record = original
+    assert released.wait(5)
+    assert response.status_code == 200, response.get_json()
+    assert len(fulfillment_probe.calls) == 1 and order_state(app, order["order_id"]).status == "fulfilled"
+
+
+def _error_of(app, *statements: str) -> Exception:
+    """The error the database itself raises for the last of ``statements``."""
+    with app.app_context(), db.engine.connect() as conn:
+        for statement in statements[:-1]:
+            conn.execute(sa.text(statement))
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            conn.execute(sa.text(statements[-1]))
+    return raised.value
+
+
+def test_a_fault_in_the_statement_is_not_taken_for_a_passing_failure(app):
+    """A missing table (on SQLite an OperationalError too) answers 500, not 'try again'."""
+    assert not lost_connection(_error_of(app, "SELECT * FROM no_such_table"))
+    assert not lost_connection(_error_of(app, "SELEC 1"))
+
+
+def test_a_cancelled_statement_is_a_passing_failure(pg_app):
+    assert lost_connection(_error_of(pg_app, "SET statement_timeout = 1", "SELECT pg_sleep(1)"))

@@ -17,7 +17,10 @@ bp = Blueprint("auth", __name__, url_prefix="/ops")
 def _safe_next(target: str | None) -> str:
     """Where to go after login: a path inside /ops on this site, never another origin."""
     if target:
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError:  # not a URL at all ("//[", say)
+            return url_for("ops.transactions")
         if (not parts.scheme and not parts.netloc and parts.path.startswith("/ops") and "\\" not in target
                 and target.isprintable()):  # no CR, LF or other control character for the Location header
             return target

@@ -150,7 +150,7 @@ def test_login_is_case_insensitive_on_email_and_goes_where_asked(client, staff):
 
 
 @pytest.mark.parametrize("target", ["https://evil.example/ops", "//evil.example/ops", "/shop", "/\\evil.example",
-                                    "/ops\r\nX-Injected: 1", "/ops/webhooks\n", "/ops\t"])
+                                    "/ops\r\nX-Injected: 1", "/ops/webhooks\n", "/ops\t", "//[", "http://[/ops"])
 def test_login_never_redirects_off_the_console(client, staff, target):
     token = csrf_token(client)
     response = client.post("/ops/login", query_string={"next": target},
