@@ -31,7 +31,6 @@ from typing import Callable
 from flask import Flask, current_app
 
 from app.domain.status import Status
-from app.connections import end_transaction_before_waiting
 from app.extensions import db
 from app.gateways.registry import get_gateway
 from app.jobs import claims
@@ -233,7 +232,6 @@ def _error(claim: Claim, what: str, exc: Exception, *, reschedule: bool) -> Quie
 def check_one(claim: Claim) -> str | Quiet:
     """Ask the gateway for the status of one claimed transaction and act on the answer."""
     try:
-        end_transaction_before_waiting()
         answer = get_gateway().fetch_status(claim.id)
     except Exception as exc:  # GatewayError, or anything the adapter did not expect
         return _error(claim, "status check failed", exc, reschedule=True)

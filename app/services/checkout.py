@@ -17,7 +17,6 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 
 from app.domain.status import Status
-from app.connections import end_transaction_before_waiting
 from app.extensions import db
 from app.gateways.base import GatewayError
 from app.gateways.registry import get_gateway
@@ -113,7 +112,6 @@ def check_on_return(transaction_id: str) -> bool:
         return False
     tx = get_transaction(transaction_id)
     try:
-        end_transaction_before_waiting()
         answer = get_gateway().fetch_status(tx.id)
     except GatewayError as exc:
         timeline.record_failure(tx.id, "poll", SOURCE, f"return check failed: {exc}")

@@ -17,7 +17,6 @@ from typing import Callable
 from sqlalchemy import select, update
 
 from app.domain.status import Decision, Outcome, Status
-from app.connections import end_transaction_before_waiting
 from app.extensions import db
 from app.gateways.base import GatewayError, GatewayNoAnswer, GatewayRejected, GatewayStatus
 from app.gateways.registry import get_gateway
@@ -252,10 +251,8 @@ def _close(tx, closed_as: Status, *, source: str, summary: str, actor: str | Non
            before_commit: Callable[[Decision], None] | None) -> MoveResult:
     """``close_session``'s conversation with the gateway; raises GatewayError as it does."""
     gateway = get_gateway()
-    session_id = tx.gateway_session_id  # read before the commit, which would leave it to read again
     try:
-        end_transaction_before_waiting()
-        closed = gateway.expire_session(session_id)
+        closed = gateway.expire_session(tx.gateway_session_id)
     except GatewayRejected as exc:
         if exc.status_code != 404:
             raise
@@ -265,7 +262,6 @@ def _close(tx, closed_as: Status, *, source: str, summary: str, actor: str | Non
     if closed == Status.EXPIRED:
         return apply_status(tx.id, closed_as, source=source, actor=actor, before_commit=before_commit,
                             summary=f"{summary}: gateway session expired")
-    end_transaction_before_waiting()
     report = gateway.fetch_status(tx.id)
     why = "session unknown (404)" if closed is None else "refused by the gateway (409)"
     if closed is None and report is None:

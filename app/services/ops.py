@@ -18,7 +18,6 @@ from sqlalchemy import and_, func, or_, select, update
 
 from app.domain.money import format_minor
 from app.domain.status import Outcome, Status
-from app.connections import end_transaction_before_waiting
 from app.extensions import db
 from app.gateways.base import GatewayError
 from app.gateways.registry import get_gateway
@@ -270,7 +269,6 @@ def recheck(transaction_id: str, actor: str) -> ActionOutcome:
     """Ask the gateway for the payment's status now and apply it as the webhook would."""
     tx = get_transaction(transaction_id)
     try:
-        end_transaction_before_waiting()
         seen = get_gateway().fetch_status(tx.id)
     except GatewayError as exc:
         raise _gateway_failed(tx, "re-check", actor, exc) from None

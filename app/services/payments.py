@@ -10,7 +10,6 @@ from flask import current_app
 from sqlalchemy import bindparam, select
 
 from app.domain.status import Status
-from app.connections import end_transaction_before_waiting
 from app.extensions import db
 from app.gateways.base import GatewayError, SessionRequest
 from app.gateways.registry import get_gateway
@@ -122,7 +121,6 @@ def _open_session(tx: _Payment) -> _Payment:
         cancel_url=f"{base}/payment/{tx.id}?cancelled=1",
         expires_at=tx.expires_at,
     )
-    end_transaction_before_waiting()
     session = get_gateway().create_session(request)
     saved = db.session.connection().execute(_SAVE_SESSION, {"tx_id": tx.id, "session_id": session.session_id,
                                                             "url": session.payment_url}).rowcount

@@ -20,7 +20,6 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.domain.status import Status
-from app.connections import end_transaction_before_waiting
 from app.extensions import db
 from app.gateways.base import GatewayError, GatewayRejected
 from app.gateways.registry import get_gateway
@@ -178,7 +177,6 @@ def _send(refund_id: str, actor: str) -> Refund:
     record = db.session.get(Refund, refund_id)
     tx_id, amount, currency = record.transaction_id, record.amount, record.currency
     try:
-        end_transaction_before_waiting()
         result = get_gateway().refund(tx_id, amount, idempotency_key=record.id)
     except GatewayError as exc:
         refused = isinstance(exc, GatewayRejected)
