@@ -132,6 +132,13 @@ class SandboxGateway:
         )
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {api_key}"
+        # What the environment says of calls to this gateway (a proxy from HTTP(S)_PROXY unless
+        # NO_PROXY names it, a CA bundle from REQUESTS_CA_BUNDLE), read once, by requests' own
+        # rules: every call goes to this one address. Left to requests per call, the environment
+        # is read again on each, and a ~/.netrc entry for the gateway's host replaces the API key.
+        settings = self.http.merge_environment_settings(self.base_url, {}, None, None, None)
+        self.http.proxies, self.http.verify = settings["proxies"], settings["verify"]
+        self.http.trust_env = False
         adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=64)
         self.http.mount("http://", adapter)
         self.http.mount("https://", adapter)
