@@ -56,7 +56,7 @@ SPEC: dict = {
         "/initiate-payment": {"post": {
             "operationId": "initiatePayment",
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                            "schema": {"type": "string", "maxLength": 255}}],
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "$ref": "#/components/schemas/InitiateRequest"}}}},
             "responses": {
@@ -78,7 +78,8 @@ SPEC: dict = {
             "operationId": "paymentCallback",
             "description": "The gateway's Standard Webhooks delivery (contract sections 3 and 4), verified on the "
                            "raw body. Duplicates, unknown transactions and refused moves are acknowledged with 200.",
-            "parameters": [{"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+            "parameters": [{"name": name, "in": "header", "required": True,
+                            "schema": {"type": "string", "minLength": 1}}
                            for name in ("webhook-id", "webhook-timestamp", "webhook-signature")],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "$ref": "#/components/schemas/WebhookEvent"}}}},
