@@ -1,7 +1,9 @@
 """Configuration, read from the environment once (a `.env` file may supply it).
 
 Config is development, TestConfig the test suite, ProductionConfig refuses to start
-without real secrets. Nothing else in the project reads os.environ.
+without real secrets. Nothing else in the app package reads os.environ (wsgi.py and
+gunicorn.conf.py read their own few; requests reads the proxy and CA variables once, when the
+gateway adapter is built).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The real app with two yardstick routes added, for bench/webhooks.py (never deployed).
 
-They tell the cost of the app's own stack (Flask-SQLAlchemy session, pool ping, Socket.IO
-middleware, extensions) apart from the cost of what the webhook endpoint does:
+They tell the cost of the app's own stack (Flask-SQLAlchemy session, the pool's check-out
+check, Socket.IO middleware, extensions) apart from the cost of what the webhook endpoint does:
 `/bench/update` verifies with the app's gateway adapter and runs the bare baseline's one
 UPDATE through the app's session; `/bench/single-statement` runs bench/single_statement.py
 on the app's engine.

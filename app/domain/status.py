@@ -24,8 +24,6 @@ class Status(StrEnum):
             return None
 
 
-FINAL_FOR_SHOPPER = frozenset(Status) - {Status.PENDING}
-
 # Every move the system may make. The gateway holds the money, so a success it reports
 # is applied even after failure, expiry or cancellation; after the last two it is flagged.
 ALLOWED_MOVES: dict[Status, frozenset[Status]] = {

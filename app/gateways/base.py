@@ -14,7 +14,7 @@ class GatewayError(Exception):
 
 
 class GatewayUnavailable(GatewayError):
-    """Connection errors, timeouts, 5xx or 429 that outlasted the retries."""
+    """Connection errors, timeouts, or a 429, 500, 502, 503 or 504 that outlasted the retries."""
 
 
 class GatewayNoAnswer(GatewayUnavailable):
@@ -22,7 +22,8 @@ class GatewayNoAnswer(GatewayUnavailable):
 
 
 class GatewayRejected(GatewayError):
-    """The gateway answered a definite 4xx refusal; retrying the same call will not help."""
+    """The gateway answered with a definite refusal (any other non-2xx status); retrying the
+    same call will not help."""
 
     def __init__(self, message: str, status_code: int, code: str | None = None):
         super().__init__(message)

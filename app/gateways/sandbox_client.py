@@ -1,6 +1,6 @@
 """Adapter for the contract's gateway protocol (section 4), as served by the built-in sandbox.
 
-Retries are urllib3's: connection errors, read timeouts, 429 and 5xx are retried with
+Retries are urllib3's: connection errors, read timeouts, 429, 500, 502, 503 and 504 are retried with
 exponential backoff and jitter. Every retry of create-session carries the same
 Idempotency-Key (the transaction id), so a retry never opens a second session.
 

@@ -1,6 +1,8 @@
 """One reconciliation pass: retry fulfillment, expire overdue payments, ask the gateway about due ones.
 
-Webhooks get lost, so the pass asks instead. Its three stages, in this order:
+Webhooks get lost, so the pass asks instead. First, refunds the gateway reported before a
+payment's success are applied after it (so a refunded order never ships). Then its three
+stages, in this order:
 
 1. paid orders whose fulfillment handler failed earlier are handed to it again;
 2. pending transactions older than PAYMENT_EXPIRES_AFTER are expired at the gateway

@@ -1,6 +1,7 @@
 """Forms of the ops console. Every POST carries Flask-WTF's hidden csrf_token (button-only
 actions render it with csrf_token()); the list's filter form is a bookmarkable GET that
-changes nothing, so it carries none (a token in a URL would leak into logs and history)."""
+changes nothing: the token it carries is signed under a key of its own (GET_FORM_TOKEN_KEY), so
+no POST accepts it if it leaks from a URL into logs or history."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import logging
 from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
 
 from app.domain.status import Status
-from app.extensions import db, initiate_limit, limiter, socketio
+from app.extensions import initiate_limit, limiter, socketio
 from app.http import wants_json
 from app.payments import bp
 from app.services import checkout
@@ -94,10 +94,7 @@ def payment_page(transaction_id: str):
     tx = get_transaction(transaction_id)
     returned = "returned" in request.args or "cancelled" in request.args
     if returned and tx.status == Status.PENDING.value:
-        db.session.commit()  # end this request's read before another session writes (and the wait)
-        _check_returning_shopper(transaction_id)  # not tx.id: reading the expired row would begin again
-        db.session.expire_all()
-        tx = get_transaction(transaction_id)
+        tx = checkout.payment_after_return_check(transaction_id, _check_returning_shopper)
     order = tx.order
     held = holds_order(order.id)
     return render_template(

@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 from sqlalchemy import or_, select, update
 
@@ -123,6 +124,19 @@ def check_on_return(transaction_id: str) -> bool:
     log.info("txn=%s return check: gateway says %s", tx.id, answer.status)
     apply_gateway_answer(answer, source=SOURCE, summary=f"return check: gateway says {answer.status.value}")
     return True
+
+
+def payment_after_return_check(transaction_id: str, check: Callable[[str], None]) -> Transaction:
+    """The pending payment as it stands after ``check`` (the page's bounded wait for
+    ``check_on_return``, run in another session) has had its turn.
+
+    This request's read is ended first, so the check's writes are not waiting on it and what
+    is read afterwards is the database's state now, not the state this request first saw.
+    """
+    db.session.commit()
+    check(transaction_id)
+    db.session.expire_all()
+    return get_transaction(transaction_id)
 
 
 def normalise_access_code(text: str) -> str:

@@ -1,7 +1,8 @@
 """Writes lines of a transaction's audit timeline, in the caller's database transaction.
 
-Lines are collected on the session and written in one multi-row INSERT when it commits
-(and dropped if it rolls back), so a webhook's several lines cost one round trip. They
+Lines are collected on the session and written together when it commits (and dropped if it
+rolls back): one executemany, which psycopg sends as a pipeline, so a webhook's several lines
+cost one round trip. They
 are append-only: nothing reads them back inside the transaction that writes them.
 """
 
