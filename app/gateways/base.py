@@ -14,7 +14,8 @@ class GatewayError(Exception):
 
 
 class GatewayUnavailable(GatewayError):
-    """Connection errors, timeouts, or a 429, 500, 502, 503 or 504 that outlasted the retries."""
+    """Connection errors, timeouts, a 429, 500, 502, 503 or 504 that outlasted the retries, or
+    another 5xx: whatever the call asked may have been done."""
 
 
 class GatewayNoAnswer(GatewayUnavailable):
@@ -22,7 +23,7 @@ class GatewayNoAnswer(GatewayUnavailable):
 
 
 class GatewayRejected(GatewayError):
-    """The gateway answered with a definite refusal (any other non-2xx status); retrying the
+    """The gateway answered with a definite refusal (a 4xx other than 429, or a 3xx); retrying the
     same call will not help."""
 
     def __init__(self, message: str, status_code: int, code: str | None = None):

@@ -219,6 +219,11 @@ class SandboxGateway:
             return response
         if response.status_code in RETRIED_STATUSES:
             raise GatewayUnavailable(f"gateway answered {response.status_code} after retries")
+        if response.status_code >= 500:
+            # A server error is no refusal: the gateway, or a proxy in front of it (a 524 is a
+            # CDN's timeout waiting for it), may have acted on the call before failing. Not
+            # retried (a 501 or 505 will not change), but never taken as "it did nothing".
+            raise GatewayUnavailable(f"gateway answered {response.status_code}")
         code = None
         try:
             body = bounded_json.loads(response.content)

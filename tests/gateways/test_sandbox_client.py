@@ -158,3 +158,14 @@ def test_an_abandoned_call_does_not_hold_the_process_at_exit(drip):
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "gave up", done.stderr
     assert not server.answered.is_set()  # the process ended while the answer was still coming
+
+
+@responses.activate
+@pytest.mark.parametrize(("status", "kind"), [(501, GatewayUnavailable), (524, GatewayUnavailable),
+                                              (400, GatewayRejected), (409, GatewayRejected)])
+def test_a_server_error_is_never_taken_for_a_refusal(gw, status, kind):
+    responses.post(f"{BASE}/refunds", status=status, json={"error": "x"})
+    with pytest.raises(GatewayError) as raised:
+        gw.refund("txn_1", 500, "rf_1")
+    assert type(raised.value) is kind
+    assert len(responses.calls) == 1  # neither kind is retried

@@ -175,6 +175,20 @@ def test_unanswered_refund_holds_the_amount_and_can_be_retried(app, admin_client
     assert response.status_code == 409
 
 
+@pytest.mark.parametrize("status", [501, 505, 520, 524])
+def test_a_server_error_outside_the_retried_ones_holds_the_amount(app, admin_client, client, gateway, status):
+    # A 524 is a CDN in front of the gateway giving up waiting: the gateway may have refunded.
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=status)
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
+    assert response.status_code == 502
+    assert state(app, tx_id) == ("success", 700, [(700, "requested")])  # held, not released
+    with app.app_context():
+        assert db.session.get(Transaction, tx_id).review_reason == "refund_outcome_unknown"
+    # so a second refund of the whole amount cannot be sent beside it
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "1999"}).status_code == 422
+
+
 def test_the_outcome_unknown_flag_stays_until_every_unanswered_refund_is_answered(app, admin_client, client,
                                                                                   gateway):
     _, tx_id, _ = paid_transaction(client, gateway)
