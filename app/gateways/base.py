@@ -71,8 +71,23 @@ class GatewayStatus:
 
 @dataclass(frozen=True)
 class RefundResult:
+    """The gateway's answer to a refund: its id and the refund's status in the gateway's word."""
+
     refund_id: str
-    succeeded: bool
+    status: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def failed(self) -> bool:
+        """The gateway says no money moved. Anything but this and ``succeeded`` (pending, a
+        status the contract does not name, none) leaves the refund's outcome open."""
+        return self.status in REFUND_FAILED
+
+
+REFUND_FAILED = frozenset({"failed", "canceled", "cancelled"})
 
 
 @dataclass(frozen=True)

@@ -293,7 +293,7 @@ class SandboxGateway:
         refund_id = data.get("refund_id")
         if not isinstance(refund_id, str):
             raise GatewayError("gateway refund answer lacks refund_id")
-        return RefundResult(refund_id, data.get("status") == "succeeded")
+        return RefundResult(refund_id, _text(data.get("status"), 64))
 
     # -- incoming webhooks ----------------------------------------------------------------
 

@@ -190,9 +190,16 @@ def _send(refund_id: str, actor: str) -> Refund:
         raise ServiceError(502, "gateway_unavailable", ("The gateway did not say what became of the refund. "
                            if refused else "The gateway did not answer. ")
                            + "The amount stays reserved; retry the refund from this page.") from None
-    if not result.succeeded:
-        _release(record, actor, f"the gateway did not confirm it (refund {result.refund_id})")
-        raise ServiceError(502, "refund_refused", "The gateway did not confirm the refund; nothing was refunded.")
+    if result.failed:
+        _release(record, actor, f"the gateway says it {result.status} (refund {result.refund_id})")
+        raise ServiceError(502, "refund_refused", f"The gateway says the refund {result.status}; nothing was "
+                           "refunded.")
+    if not result.succeeded:  # pending, or a word the contract does not name: the money may yet move
+        db.session.rollback()
+        said = f"says it is {result.status}" if result.status else "gave no status"
+        _flag_unanswered(record, f"the gateway {said} (refund {result.refund_id}), not succeeded", actor)
+        raise ServiceError(502, "gateway_unavailable", f"The gateway has not confirmed the refund (it {said}). "
+                           "The amount stays reserved; retry the refund from this page to ask again.")
     if _leave_requested(record.id, "succeeded", gateway_refund_id=result.refund_id):
         timeline.record(tx_id, "ops", "ops", f"refund of {money_text(amount, currency)} succeeded "
                         f"(gateway refund {result.refund_id})", outcome="ok",

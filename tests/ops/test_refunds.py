@@ -175,6 +175,38 @@ def test_unanswered_refund_holds_the_amount_and_can_be_retried(app, admin_client
     assert response.status_code == 409
 
 
+@pytest.mark.parametrize("says", ["failed", "canceled"])
+def test_a_refund_the_gateway_says_failed_releases_the_amount(app, admin_client, client, gateway, says):
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, json={"refund_id": "re_1", "status": says})
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
+    assert response.status_code == 502
+    assert f"says the refund {says}" in response.get_data(as_text=True)
+    assert state(app, tx_id) == ("success", 0, [(700, "failed")])
+
+
+@pytest.mark.parametrize("answer", [{"refund_id": "re_1", "status": "pending"},
+                                    {"refund_id": "re_1", "status": "requires_action"},
+                                    {"refund_id": "re_1"}])
+def test_a_refund_the_gateway_has_not_settled_keeps_the_amount_held(app, admin_client, client, gateway, answer):
+    # Not "succeeded" is not "failed": a refund still pending at the gateway may yet be paid out,
+    # so giving its amount back would let the same money be refunded twice.
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, json=answer)
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
+    assert response.status_code == 502
+    assert "has not confirmed the refund" in response.get_data(as_text=True)
+    assert state(app, tx_id) == ("success", 700, [(700, "requested")])
+    with app.app_context():
+        assert db.session.get(Transaction, tx_id).review_reason == "refund_outcome_unknown"
+        refund_id = db.session.scalar(select(Refund.id))
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "1300"}).status_code == 422
+    # asked again once the gateway has paid it out: counted once
+    gateway.replace(responses.POST, REFUNDS_URL, json={"refund_id": "re_1", "status": "succeeded"})
+    assert post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{refund_id}/retry").status_code == 303
+    assert state(app, tx_id) == ("partially_refunded", 700, [(700, "succeeded")])
+
+
 @pytest.mark.parametrize("status", [501, 505, 520, 524])
 def test_a_server_error_outside_the_retried_ones_holds_the_amount(app, admin_client, client, gateway, status):
     # A 524 is a CDN in front of the gateway giving up waiting: the gateway may have refunded.
