@@ -14,8 +14,9 @@ class GatewayError(Exception):
 
 
 class GatewayUnavailable(GatewayError):
-    """Connection errors, timeouts, a 429, 500, 502, 503 or 504 that outlasted the retries, or
-    another 5xx: whatever the call asked may have been done."""
+    """Connection errors, timeouts, a 429, 500, 502, 503 or 504 that outlasted the retries, or any
+    other answer that is not a 4xx (another 5xx, a redirect, a 2xx the protocol does not name):
+    whatever the call asked may have been done."""
 
 
 class GatewayNoAnswer(GatewayUnavailable):
@@ -23,8 +24,8 @@ class GatewayNoAnswer(GatewayUnavailable):
 
 
 class GatewayRejected(GatewayError):
-    """The gateway answered with a definite refusal (a 4xx other than 429, or a 3xx); retrying the
-    same call will not help."""
+    """The gateway answered with a definite refusal (a 4xx other than 429); retrying the same call
+    will not help."""
 
     def __init__(self, message: str, status_code: int, code: str | None = None):
         super().__init__(message)

@@ -184,7 +184,9 @@ class SandboxGateway:
         try:
             if _budget_spent():  # its caller has stopped waiting: send nothing
                 raise requests.exceptions.Timeout("the call's time budget was spent before it started")
-            return self.http.request(method, url, timeout=self.timeout, **kwargs)
+            # Redirects are not followed: a POST answered 303 may have been acted on, and
+            # following it to a page that answers 404 would read as a refusal of the POST.
+            return self.http.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
         finally:
             _this_call.deadline = None
 
@@ -219,10 +221,11 @@ class SandboxGateway:
             return response
         if response.status_code in RETRIED_STATUSES:
             raise GatewayUnavailable(f"gateway answered {response.status_code} after retries")
-        if response.status_code >= 500:
-            # A server error is no refusal: the gateway, or a proxy in front of it (a 524 is a
-            # CDN's timeout waiting for it), may have acted on the call before failing. Not
-            # retried (a 501 or 505 will not change), but never taken as "it did nothing".
+        if not 400 <= response.status_code < 500:
+            # Only a 4xx says the call was not acted on. A server error (the gateway's, or a
+            # proxy's in front of it: a 524 is a CDN's timeout waiting for it), a redirect, or a
+            # 2xx other than the protocol's may all come after it was: never "it did nothing".
+            # Not retried: a 501 or a 303 will not change.
             raise GatewayUnavailable(f"gateway answered {response.status_code}")
         code = None
         try:
@@ -230,6 +233,8 @@ class SandboxGateway:
             code = body.get("error") if isinstance(body, dict) else None
         except ValueError:
             pass
+        if not isinstance(code, str):  # some gateways send an object there; none names a known code
+            code = None
         raise GatewayRejected(f"gateway refused {method} {path}: {response.status_code}", response.status_code, code)
 
     @staticmethod

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.domain.status import Status
 from app.extensions import db
-from app.gateways.base import GatewayError, GatewayRejected
+from app.gateways.base import GatewayError, GatewayNoAnswer, GatewayRejected
 from app.gateways.registry import get_gateway
 from app.models import Refund, Transaction
 from app.models.clock import find_by_id, utcnow
@@ -184,11 +184,13 @@ def _send(refund_id: str, actor: str) -> Refund:
             _release(record, actor, f"the gateway refused it: {exc}")
             raise ServiceError(502, "refund_refused", f"The gateway refused the refund ({exc.status_code}); "
                                "nothing was refunded.") from None
-        # No answer, or "still working on it": the money may have moved, so the amount stays held.
+        # No answer, "still working on it", or an answer that is no refusal (a 5xx, a redirect):
+        # the money may have moved, so the amount stays held.
         db.session.rollback()
-        _flag_unanswered(record, f"the gateway did not {'give its outcome' if refused else 'answer'} ({exc})", actor)
+        answered = not isinstance(exc, GatewayNoAnswer)
+        _flag_unanswered(record, f"the gateway did not {'give its outcome' if answered else 'answer'} ({exc})", actor)
         raise ServiceError(502, "gateway_unavailable", ("The gateway did not say what became of the refund. "
-                           if refused else "The gateway did not answer. ")
+                           if answered else "The gateway did not answer. ")
                            + "The amount stays reserved; retry the refund from this page.") from None
     if result.failed:
         _release(record, actor, f"the gateway says it {result.status} (refund {result.refund_id})")

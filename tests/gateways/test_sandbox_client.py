@@ -162,10 +162,32 @@ def test_an_abandoned_call_does_not_hold_the_process_at_exit(drip):
 
 @responses.activate
 @pytest.mark.parametrize(("status", "kind"), [(501, GatewayUnavailable), (524, GatewayUnavailable),
+                                              (202, GatewayUnavailable), (302, GatewayUnavailable),
                                               (400, GatewayRejected), (409, GatewayRejected)])
-def test_a_server_error_is_never_taken_for_a_refusal(gw, status, kind):
+def test_only_a_4xx_is_taken_for_a_refusal(gw, status, kind):
     responses.post(f"{BASE}/refunds", status=status, json={"error": "x"})
     with pytest.raises(GatewayError) as raised:
         gw.refund("txn_1", 500, "rf_1")
     assert type(raised.value) is kind
     assert len(responses.calls) == 1  # neither kind is retried
+
+
+@responses.activate
+@pytest.mark.parametrize(("status", "target"), [(303, f"{BASE}/refunds/re_1"), (307, "http://elsewhere.test/refunds")])
+def test_a_redirect_is_not_followed_and_leaves_the_outcome_open(gw, status, target):
+    # A 303 after the refund was made, to a page that answers 404, must not read as a refusal;
+    # a 307 elsewhere must not carry the call (or, unauthenticated, fail it) somewhere else.
+    responses.post(f"{BASE}/refunds", status=status, headers={"Location": target})
+    responses.get(f"{BASE}/refunds/re_1", status=404, json={"error": "not_found"})
+    responses.post("http://elsewhere.test/refunds", status=401, json={"error": "unauthorized"})
+    with pytest.raises(GatewayUnavailable):
+        gw.refund("txn_1", 500, "rf_1")
+    assert [call.request.url for call in responses.calls] == [f"{BASE}/refunds"]
+
+
+@responses.activate
+def test_a_refusal_whose_error_is_not_text_names_no_code(gw):
+    responses.post(f"{BASE}/refunds", status=409, json={"error": {"type": "idempotency_error"}})
+    with pytest.raises(GatewayRejected) as raised:
+        gw.refund("txn_1", 500, "rf_1")
+    assert raised.value.code is None

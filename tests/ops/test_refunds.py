@@ -207,11 +207,13 @@ def test_a_refund_the_gateway_has_not_settled_keeps_the_amount_held(app, admin_c
     assert state(app, tx_id) == ("partially_refunded", 700, [(700, "succeeded")])
 
 
-@pytest.mark.parametrize("status", [501, 505, 520, 524])
-def test_a_server_error_outside_the_retried_ones_holds_the_amount(app, admin_client, client, gateway, status):
-    # A 524 is a CDN in front of the gateway giving up waiting: the gateway may have refunded.
+@pytest.mark.parametrize("status", [501, 505, 520, 524, 303, 202])
+def test_an_answer_that_is_no_refusal_holds_the_amount(app, admin_client, client, gateway, status):
+    # A 524 is a CDN in front of the gateway giving up waiting, a 303 points at what the POST
+    # made: in both the gateway may have refunded. Only a 4xx says it did not.
     _, tx_id, _ = paid_transaction(client, gateway)
-    gateway.post(REFUNDS_URL, status=status)
+    gateway.post(REFUNDS_URL, status=status, headers={"Location": f"{REFUNDS_URL}/re_1"})
+    gateway.get(f"{REFUNDS_URL}/re_1", status=404, json={"error": "not_found"})
     response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
     assert response.status_code == 502
     assert state(app, tx_id) == ("success", 700, [(700, "requested")])  # held, not released
@@ -547,6 +549,17 @@ def test_a_refund_recorded_failed_that_the_gateway_confirms_is_counted(app, clie
         tx = db.session.get(Transaction, tx_id)
         assert tx.needs_review and tx.review_reason == "refund_recorded_failed_but_made"
         assert any("was recorded as failed, but the gateway confirms it" in e.summary for e in tx.events)
+
+
+def test_a_gateway_409_whose_error_is_an_object_keeps_the_refund_held(app, admin_client, client, gateway):
+    # the shape some gateways give "a request with this key is in progress"
+    _, tx_id, _ = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=409, json={"error": {"type": "idempotency_error", "message": "in progress"}})
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": "700"})
+    assert response.status_code == 502
+    assert state(app, tx_id) == ("success", 700, [(700, "requested")])
+    with app.app_context():
+        assert db.session.get(Transaction, tx_id).review_reason == "refund_outcome_unknown"
 
 
 def test_a_gateway_409_not_refundable_is_final_and_releases_the_amount(app, admin_client, client, gateway):
