@@ -13,9 +13,10 @@ from app import metrics
 from app.domain.status import Status
 from app.extensions import db
 from app.jobs import claims
-from app.models import Order, OrderStatus, Transaction
+from app.models import Order, Transaction
 from app.models.clock import utcnow
 from app.openapi import SPEC
+from app.services.fulfillment import awaiting_fulfillment
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -102,7 +103,7 @@ def _state_counts() -> dict[str, int]:
         "checkout_transactions_needing_review": select(func.count()).select_from(Transaction).where(
             Transaction.needs_review.is_(True)),
         "checkout_orders_awaiting_fulfillment": select(func.count()).select_from(Order).where(
-            Order.status == OrderStatus.PAID.value),
+            *awaiting_fulfillment()),
     }
     try:
         found = {name: db.session.scalar(query) or 0 for name, query in counts.items()}

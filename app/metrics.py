@@ -39,7 +39,8 @@ STATE_GAUGES = {
         "expires them, so a count that stays up means reconciliation is not running.",
     "checkout_transactions_needing_review": "Transactions flagged for review and not yet marked reviewed.",
     "checkout_orders_awaiting_fulfillment":
-        "Paid orders whose fulfillment handler has not returned (failed, running, or held after a full refund).",
+        "Paid orders whose fulfillment handler has not returned (failed or running); not those held "
+        "because their payment was refunded in full, which will never be handed to it.",
 }
 
 

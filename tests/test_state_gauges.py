@@ -8,8 +8,9 @@ from app.extensions import db
 from app.jobs.reconcile import run_pass
 from app.models import Transaction
 from app.models.clock import utcnow
+from app.services import refunds
 from tests import fulfillment_probe
-from tests.conftest import place_order, post_webhook, start_payment, status_event
+from tests.conftest import GATEWAY, place_order, post_webhook, start_payment, status_event
 from tests.jobs.support import answer_expire
 from tests.test_hardening import _metric
 
@@ -62,3 +63,16 @@ def test_a_database_that_does_not_answer_gives_minus_one_not_a_failed_scrape(mak
     text = response.get_data(as_text=True)
     assert all(_metric(text, name) == -1 for name in GAUGES)
     assert "checkout_http_requests_total" in text
+
+
+def test_an_order_held_after_a_full_refund_is_not_awaiting_fulfillment(app, client, gateway):
+    """It will never be handed to the handler: counting it would keep the alert up for good."""
+    fulfillment_probe.reset(fail_times=1)
+    tx_id = payment(client, gateway)
+    assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 200
+    assert gauges(client)["checkout_orders_awaiting_fulfillment"] == 1
+    gateway.post(f"{GATEWAY}/refunds", json={"refund_id": "re_1", "status": "succeeded"})
+    with app.app_context():
+        refunds.refund(tx_id, 1999, "ops@example.test")
+        assert run_pass().fulfilled == 0
+    assert gauges(client)["checkout_orders_awaiting_fulfillment"] == 0

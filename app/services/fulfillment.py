@@ -58,10 +58,14 @@ def load_handler(path: str) -> Callable[[str, str], object]:
 
 # A payment refunded in full before its order was fulfilled: the order is never handed to the
 # handler after that (shipping it would give the goods away); it stays paid, as the timeline says.
-# A full refund the gateway reported before the success counts too, applied or not yet.
+# A full refund the gateway reported before the success counts too, applied or not yet, and so
+# does one asked for here whose answer is not in (its amount is held in refunded_amount, being
+# sent or with its outcome unknown): if the gateway made it, shipping gives the goods away; if it
+# did not, the refund is released and the next pass hands the order over.
 _NOT_REFUNDED = ~exists().where(Transaction.id == Order.paid_transaction_id,
                                 or_(Transaction.status == Status.REFUNDED.value,
-                                    Transaction.refund_reported == Status.REFUNDED.value))
+                                    Transaction.refund_reported == Status.REFUNDED.value,
+                                    Transaction.refunded_amount >= Transaction.amount))
 
 
 def _lease_start(now):
@@ -171,6 +175,12 @@ def hold_refunded_order(order_id: str, transaction_id: str, source: str, actor: 
     log.warning("order=%s txn=%s %s", order_id, transaction_id, line)
 
 
+def awaiting_fulfillment() -> list:
+    """Conditions on Order for a paid order still owed its handler's run: not held because its
+    payment was refunded in full (or a full refund of it is still unanswered)."""
+    return [Order.status == OrderStatus.PAID.value, _NOT_REFUNDED]
+
+
 def orders_awaiting_fulfillment(limit: int = 100) -> list[str]:
     """Paid orders whose handler has not returned yet (for reconciliation to retry), except
     those whose payment was refunded in full first.
@@ -181,7 +191,7 @@ def orders_awaiting_fulfillment(limit: int = 100) -> list[str]:
     return list(
         db.session.scalars(
             select(Order.id)
-            .where(Order.status == OrderStatus.PAID.value, _claim_free(utcnow()), _NOT_REFUNDED)
+            .where(*awaiting_fulfillment(), _claim_free(utcnow()))
             .order_by(Order.fulfillment_attempts, Order.paid_at)
             .limit(limit)
         )

@@ -723,6 +723,32 @@ def test_an_order_refunded_in_full_before_it_was_fulfilled_is_not_fulfilled_late
     assert reconcile(app).fulfilled == 0 and len(fulfillment_probe.calls) == (1 if ships else 0)
 
 
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_an_order_waits_while_a_full_refund_of_it_is_unanswered(app, admin_client, client, gateway, outcome):
+    """The handler failed at payment time, then ops refunded everything and the gateway did not
+    answer: the money may have gone back, so the next passes must not ship. Once the refund is
+    answered, a made one holds the order for good and a failed one lets it ship."""
+    fulfillment_probe.reset(fail_times=1)
+    order, tx_id, amount = paid_transaction(client, gateway)
+    gateway.post(REFUNDS_URL, status=503)
+    response = post_form(admin_client, f"/ops/transactions/{tx_id}/refund", {"amount": str(amount)})
+    assert response.status_code == 502
+    assert state(app, tx_id) == ("success", amount, [(amount, "requested")])
+
+    assert reconcile(app).fulfilled == 0 and reconcile(app).fulfilled == 0
+    assert _order_row(app, order["order_id"]).status == "paid" and fulfillment_probe.calls == []
+
+    with app.app_context():
+        refund_id = db.session.scalar(select(Refund.id))
+    gateway.replace(responses.POST, REFUNDS_URL, json={"refund_id": "re_1", "status": outcome})
+    post_form(admin_client, f"/ops/transactions/{tx_id}/refunds/{refund_id}/retry")
+    summary = reconcile(app)
+    ships = outcome == "failed"
+    assert _order_row(app, order["order_id"]).status == ("fulfilled" if ships else "paid")
+    assert fulfillment_probe.calls == ([(order["order_id"], tx_id)] if ships else [])
+    assert summary.fulfilled == (1 if ships else 0)
+
+
 @pytest.mark.parametrize(("reported", "ships"), [("refunded", False), ("partially_refunded", True)])
 def test_a_refund_reported_before_the_success_follows_it_before_any_fulfillment(app, client, gateway,
                                                                                 reported, ships):
