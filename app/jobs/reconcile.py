@@ -1,8 +1,9 @@
 """One reconciliation pass: retry fulfillment, expire overdue payments, ask the gateway about due ones.
 
 Webhooks get lost, so the pass asks instead. First, refunds the gateway reported before a
-payment's success are applied after it (so a refunded order never ships). Then its three
-stages, in this order:
+payment's success are applied after it (so a refunded order never ships), and refunds confirmed
+here whose payment was not moved after them (a process stopped between the two) move it.
+Then its three stages, in this order:
 
 1. paid orders whose fulfillment handler failed earlier are handed to it again;
 2. pending transactions older than PAYMENT_EXPIRES_AFTER are expired at the gateway
@@ -43,7 +44,7 @@ from app.models.clock import utcnow
 from app.services import timeline
 from app.services.fulfillment import fulfill_order, orders_awaiting_fulfillment
 from app.services.gateway_reports import MISMATCH, apply_gateway_answer, close_session, follow_remembered_refunds
-from app.services.refunds import flag_unanswered_refunds
+from app.services.refunds import flag_unanswered_refunds, settle_refund_statuses
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,10 @@ def run_pass(
     stop = should_stop or (lambda: False)
     try:  # before fulfillment is retried: an order whose payment was refunded must not ship
         follow_remembered_refunds(source=SOURCE)
+        settle_refund_statuses(source=SOURCE)
     except Exception:
         db.session.rollback()
-        log.exception("following refunds reported before their payment's success failed")
+        log.exception("bringing refunds into payments' statuses failed")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
         retry_fulfillment(app, pool, summary, batch_size=batch_size)
         now = utcnow()

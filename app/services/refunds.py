@@ -16,7 +16,7 @@ import logging
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import case, func, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.domain.status import Status
@@ -373,7 +373,32 @@ def _release(record: Refund, actor: str, why: str) -> None:
     log.warning("txn=%s refund %s failed: %s", record.transaction_id, record.id, why)
 
 
-def _settle_status(transaction_id: str, actor: str) -> None:
+# How far back the sweep below looks for confirmed refunds: a pass runs every minute, so a week
+# covers any stop of the scheduler a shop would not have noticed.
+SETTLE_LOOKBACK = timedelta(days=7)
+
+
+def settle_refund_statuses(source: str, limit: int = 100) -> int:
+    """Move payments to the status their confirmed refunds add up to, where a refund's success
+    was recorded but the payment was not moved after it (the process stopped between the two
+    commits, or the move's write failed). Returns how many were looked at."""
+    confirmed = (select(func.coalesce(func.sum(Refund.amount), 0))
+                 .where(Refund.transaction_id == Transaction.id, Refund.status == "succeeded").scalar_subquery())
+    recently_refunded = select(Refund.transaction_id).where(
+        Refund.status == "succeeded", Refund.created_at >= utcnow() - SETTLE_LOOKBACK)
+    unsettled = list(db.session.scalars(select(Transaction.id).where(
+        Transaction.id.in_(recently_refunded),
+        or_(Transaction.status == Status.SUCCESS.value,
+            and_(Transaction.status == Status.PARTIALLY_REFUNDED.value, confirmed >= Transaction.amount)),
+    ).limit(limit)))
+    db.session.commit()
+    for transaction_id in unsettled:
+        log.warning("txn=%s confirmed refunds not yet reflected in its status: settling", transaction_id)
+        _settle_status(transaction_id, None, source=source)
+    return len(unsettled)
+
+
+def _settle_status(transaction_id: str, actor: str | None, *, source: str = "ops") -> None:
     """Move the payment to refunded or partially_refunded by what the gateway confirmed."""
     tx = db.session.get(Transaction, transaction_id, populate_existing=True)
     confirmed = db.session.scalar(
@@ -385,6 +410,6 @@ def _settle_status(transaction_id: str, actor: str) -> None:
         db.session.rollback()
         notify_ops(transaction_id)  # the status stays; the refunds and timeline changed
         return
-    apply_status(transaction_id, target, source="ops", actor=actor,
+    apply_status(transaction_id, target, source=source, actor=actor,
                  summary=f"refunds confirmed: {money_text(confirmed, tx.currency)} of "
                          f"{money_text(tx.amount, tx.currency)}")

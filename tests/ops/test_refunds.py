@@ -693,6 +693,13 @@ def _order_row(app, order_id):
         return db.session.get(Order, order_id)
 
 
+def _status_lines(app, tx_id):
+    with app.app_context():
+        return [(e.source, e.outcome, e.to_status) for e in db.session.scalars(select(TransactionEvent).where(
+            TransactionEvent.transaction_id == tx_id, TransactionEvent.kind == "status")
+            .order_by(TransactionEvent.id))]
+
+
 def _fulfillment_lines(app, tx_id):
     with app.app_context():
         return [(e.outcome, e.summary) for e in db.session.scalars(select(TransactionEvent).where(
@@ -747,6 +754,31 @@ def test_an_order_waits_while_a_full_refund_of_it_is_unanswered(app, admin_clien
     assert _order_row(app, order["order_id"]).status == ("fulfilled" if ships else "paid")
     assert fulfillment_probe.calls == ([(order["order_id"], tx_id)] if ships else [])
     assert summary.fulfilled == (1 if ships else 0)
+
+
+@pytest.mark.parametrize(("amounts", "becomes"), [((700,), "partially_refunded"), ((700, 1299), "refunded")])
+def test_a_refund_confirmed_but_not_yet_in_the_status_is_settled_by_the_next_pass(app, client, gateway, monkeypatch,
+                                                                                   amounts, becomes):
+    """The process stopped after recording the gateway's confirmation and before moving the
+    payment: nothing else would move it (the gateway's own report of it may never come)."""
+    order, tx_id, _ = paid_transaction(client, gateway)
+    gateway_refunds(gateway)
+    for number, amount in enumerate(amounts):
+        if number == len(amounts) - 1:
+            monkeypatch.setattr(refunds, "_settle_status", lambda *args, **kwargs: None)  # stops here
+        with app.app_context():
+            refunds.refund(tx_id, amount, ADMIN)
+    monkeypatch.undo()
+    stuck = "success" if len(amounts) == 1 else "partially_refunded"
+    assert state(app, tx_id) == (stuck, sum(amounts), [(amount, "succeeded") for amount in amounts])
+
+    reconcile(app)
+
+    assert state(app, tx_id) == (becomes, sum(amounts), [(amount, "succeeded") for amount in amounts])
+    moves = _status_lines(app, tx_id)
+    assert moves[-1] == ("poller", "applied", becomes)
+    reconcile(app)  # settled: the next pass has nothing to do
+    assert _status_lines(app, tx_id) == moves
 
 
 @pytest.mark.parametrize(("reported", "ships"), [("refunded", False), ("partially_refunded", True)])
