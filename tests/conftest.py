@@ -122,11 +122,16 @@ def prepare_database(app, database_url: str) -> None:
     fulfillment_probe.reset()
 
 
+def probed_app(make, database_url: str):
+    """An app from ``make`` whose fulfillment handler is the probe, on prepared tables."""
+    app = make(FULFILLMENT_HANDLER="tests.fulfillment_probe:record")
+    prepare_database(app, database_url)
+    return app
+
+
 @pytest.fixture
 def app(make_app, database_url):
-    app = make_app(FULFILLMENT_HANDLER="tests.fulfillment_probe:record")
-    prepare_database(app, database_url)
-    yield app
+    yield probed_app(make_app, database_url)
 
 
 @pytest.fixture

@@ -20,14 +20,13 @@ from app.extensions import db
 from app.models import Order, TransactionEvent
 from app.services.fulfillment import fulfill_order
 from tests import fulfillment_probe
-from tests.conftest import open_sessions, place_order, post_webhook, prepare_database, start_payment, status_event
+from tests.conftest import (open_sessions, place_order, post_webhook, prepare_database, probed_app, start_payment,
+                            status_event)
 
 
 @pytest.fixture
 def pg_app(make_pg_app, postgres_url):
-    app = make_pg_app(FULFILLMENT_HANDLER="tests.fulfillment_probe:record")
-    prepare_database(app, postgres_url)
-    yield app
+    yield probed_app(make_pg_app, postgres_url)
 
 
 @pytest.fixture

@@ -179,29 +179,23 @@ def _send(refund_id: str, actor: str) -> Refund:
     try:
         result = get_gateway().refund(tx_id, amount, idempotency_key=record.id)
     except GatewayError as exc:
-        refused = isinstance(exc, GatewayRejected)
-        if refused and not _still_working(exc):
-            _release(record, actor, f"the gateway refused it: {exc}")
-            raise ServiceError(502, "refund_refused", f"The gateway refused the refund ({exc.status_code}); "
-                               "nothing was refunded.") from None
-        # No answer, "still working on it", or an answer that is no refusal (a 5xx, a redirect):
-        # the money may have moved, so the amount stays held.
-        db.session.rollback()
-        answered = not isinstance(exc, GatewayNoAnswer)
-        _flag_unanswered(record, f"the gateway did not {'give its outcome' if answered else 'answer'} ({exc})", actor)
-        raise ServiceError(502, "gateway_unavailable", ("The gateway did not say what became of the refund. "
-                           if answered else "The gateway did not answer. ")
-                           + "The amount stays reserved; retry the refund from this page.") from None
+        if isinstance(exc, GatewayRejected) and not _still_working(exc):
+            raise _refused(record, actor, f"the gateway refused it: {exc}",
+                           f"The gateway refused the refund ({exc.status_code}); nothing was refunded.") from None
+        # No answer, "still working on it", or an answer that is no refusal (a 5xx, a redirect).
+        if isinstance(exc, GatewayNoAnswer):
+            raise _held(record, actor, f"the gateway did not answer ({exc})", "The gateway did not answer. "
+                        "The amount stays reserved; retry the refund from this page.") from None
+        raise _held(record, actor, f"the gateway did not give its outcome ({exc})", "The gateway did not say what "
+                    "became of the refund. The amount stays reserved; retry the refund from this page.") from None
     if result.failed:
-        _release(record, actor, f"the gateway says it {result.status} (refund {result.refund_id})")
-        raise ServiceError(502, "refund_refused", f"The gateway says the refund {result.status}; nothing was "
-                           "refunded.")
+        raise _refused(record, actor, f"the gateway says it {result.status} (refund {result.refund_id})",
+                       f"The gateway says the refund {result.status}; nothing was refunded.")
     if not result.succeeded:  # pending, or a word the contract does not name: the money may yet move
-        db.session.rollback()
         said = f"says it is {result.status}" if result.status else "gave no status"
-        _flag_unanswered(record, f"the gateway {said} (refund {result.refund_id}), not succeeded", actor)
-        raise ServiceError(502, "gateway_unavailable", f"The gateway has not confirmed the refund (it {said}). "
-                           "The amount stays reserved; retry the refund from this page to ask again.")
+        raise _held(record, actor, f"the gateway {said} (refund {result.refund_id}), not succeeded",
+                    f"The gateway has not confirmed the refund (it {said}). The amount stays reserved; retry "
+                    "the refund from this page to ask again.")
     if _leave_requested(record.id, "succeeded", gateway_refund_id=result.refund_id):
         timeline.record(tx_id, "ops", "ops", f"refund of {money_text(amount, currency)} succeeded "
                         f"(gateway refund {result.refund_id})", outcome="ok",
@@ -213,6 +207,19 @@ def _send(refund_id: str, actor: str) -> Refund:
     log.info("txn=%s refund %s succeeded at the gateway as %s", tx_id, record.id, result.refund_id)
     _settle_status(tx_id, actor)
     return db.session.get(Refund, record.id, populate_existing=True)
+
+
+def _refused(record: Refund, actor: str, why: str, message: str) -> ServiceError:
+    """The gateway says no money moved: give the amount back; returns the error to raise."""
+    _release(record, actor, why)
+    return ServiceError(502, "refund_refused", message)
+
+
+def _held(record: Refund, actor: str, why: str, message: str) -> ServiceError:
+    """The money may have moved: keep the amount held and flag the payment; returns the error to raise."""
+    db.session.rollback()
+    _flag_unanswered(record, why, actor)
+    return ServiceError(502, "gateway_unavailable", message)
 
 
 def _leave_requested(refund_id: str, status: str, **values) -> bool:
@@ -378,12 +385,17 @@ def _release(record: Refund, actor: str, why: str) -> None:
 SETTLE_LOOKBACK = timedelta(days=7)
 
 
+def _confirmed(transaction_id):
+    """What the gateway confirmed of a payment's refunds from here (a value or a column)."""
+    return select(func.coalesce(func.sum(Refund.amount), 0)).where(
+        Refund.transaction_id == transaction_id, Refund.status == "succeeded")
+
+
 def settle_refund_statuses(source: str, limit: int = 100) -> int:
     """Move payments to the status their confirmed refunds add up to, where a refund's success
     was recorded but the payment was not moved after it (the process stopped between the two
     commits, or the move's write failed). Returns how many were looked at."""
-    confirmed = (select(func.coalesce(func.sum(Refund.amount), 0))
-                 .where(Refund.transaction_id == Transaction.id, Refund.status == "succeeded").scalar_subquery())
+    confirmed = _confirmed(Transaction.id).scalar_subquery()
     recently_refunded = select(Refund.transaction_id).where(
         Refund.status == "succeeded", Refund.created_at >= utcnow() - SETTLE_LOOKBACK)
     unsettled = list(db.session.scalars(select(Transaction.id).where(
@@ -401,10 +413,7 @@ def settle_refund_statuses(source: str, limit: int = 100) -> int:
 def _settle_status(transaction_id: str, actor: str | None, *, source: str = "ops") -> None:
     """Move the payment to refunded or partially_refunded by what the gateway confirmed."""
     tx = db.session.get(Transaction, transaction_id, populate_existing=True)
-    confirmed = db.session.scalar(
-        select(func.coalesce(func.sum(Refund.amount), 0))
-        .where(Refund.transaction_id == transaction_id, Refund.status == "succeeded")
-    )
+    confirmed = db.session.scalar(_confirmed(transaction_id))
     target = Status.REFUNDED if confirmed >= tx.amount else Status.PARTIALLY_REFUNDED
     if tx.status == target.value or (tx.status == Status.REFUNDED.value):
         db.session.rollback()
