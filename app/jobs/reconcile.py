@@ -44,6 +44,7 @@ from app.models.clock import utcnow
 from app.services import timeline
 from app.services.fulfillment import fulfill_order, orders_awaiting_fulfillment
 from app.services.gateway_reports import MISMATCH, apply_gateway_answer, close_session, follow_remembered_refunds
+from app.services.payments import overdue_at
 from app.services.refunds import flag_unanswered_refunds, settle_refund_statuses
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def run_pass(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
         retry_fulfillment(app, pool, summary, batch_size=batch_size)
         now = utcnow()
-        expire_cutoff = now - timedelta(seconds=app.config["PAYMENT_EXPIRES_AFTER"])
+        expire_cutoff = overdue_at(now)
         check_cutoff = now - timedelta(seconds=app.config["PAYMENT_STATUS_CHECK_AFTER"])
         _drain(app, pool, summary, claims.due_for_expiry(expire_cutoff), expire_one,
                workers=workers, batch_size=batch_size, stop=stop)

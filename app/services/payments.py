@@ -48,6 +48,16 @@ class _Payment:
     payment_url: str | None
 
 
+def overdue_at(now: datetime) -> datetime:
+    """A pending transaction created at or before this is overdue for expiry.
+
+    The window is PAYMENT_EXPIRES_AFTER as configured now (contract section 1: lowering it
+    applies to transactions already pending), so a payment can be overdue before the
+    ``expires_at`` its gateway session was opened with.
+    """
+    return now - timedelta(seconds=current_app.config["PAYMENT_EXPIRES_AFTER"])
+
+
 # Initiation's statements, built once (it is the busiest write path after webhooks).
 _orders, _transactions = Order.__table__, Transaction.__table__
 # Touching the order takes its write lock (a row lock on PostgreSQL, the database's write lock
@@ -58,10 +68,10 @@ _LOCK_ORDER = (
 )
 _PAYMENT_COLUMNS = (_transactions.c.id, _transactions.c.order_id, _transactions.c.amount, _transactions.c.currency,
                     _transactions.c.status, _transactions.c.expires_at, _transactions.c.payment_url)
-_OPEN_PAYMENT = (
+_OPEN_PAYMENT = (  # unexpired by both clocks: the gateway's expires_at and today's window
     select(*_PAYMENT_COLUMNS)
     .where(_transactions.c.order_id == bindparam("order_id"), _transactions.c.status == Status.PENDING.value,
-           _transactions.c.expires_at > bindparam("now"))
+           _transactions.c.expires_at > bindparam("now"), _transactions.c.created_at > bindparam("overdue_at"))
     .order_by(_transactions.c.created_at.desc())
     .limit(1)
 )
@@ -150,7 +160,7 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
     if order.status != OrderStatus.OPEN.value:
         db.session.rollback()
         raise ServiceError(409, "order_already_paid", "This order is already paid.")
-    row = connection.execute(_OPEN_PAYMENT, {"order_id": order_id, "now": now}).first()
+    row = connection.execute(_OPEN_PAYMENT, {"order_id": order_id, "now": now, "overdue_at": overdue_at(now)}).first()
     created = row is None
     if created:
         tx = _Payment(public_id("txn"), order_id, order.total, order.currency, Status.PENDING.value,
