@@ -150,3 +150,46 @@ def test_a_paid_order_is_fulfilled_by_the_default_handler(make_app, database_url
     body = client.get(f"/api/orders/{order['order_id']}").get_json()
     assert (body["status"], body["paid_transaction_id"]) == ("fulfilled", tx_id)
     assert body["fulfilled_at"]
+
+
+# -- the rest of the table: each variable's default when unset, and its value when set -------------------
+
+TABLE_SETTINGS = """
+import json
+from config import Config, ProductionConfig, config_by_name
+names = ("SQLALCHEMY_DATABASE_URI", "PUBLIC_BASE_URL", "PAYMENT_GATEWAY", "PAYMENT_STATUS_CHECK_AFTER",
+         "PAYMENT_EXPIRES_AFTER", "SCHEDULER_INTERVAL", "RATELIMIT_ENABLED", "REDIS_URL")
+print(json.dumps({cls.ENV_NAME: {n: getattr(cls, n) for n in names}
+                  for cls in (Config, ProductionConfig, config_by_name())}))
+"""
+
+
+def test_unset_variables_take_the_documented_defaults():
+    found = run_python(TABLE_SETTINGS)
+    assert set(found) == {"development", "production"}  # APP_ENV unset: development
+    for env_name, settings in found.items():
+        database = settings.pop("SQLALCHEMY_DATABASE_URI")
+        assert database.startswith("sqlite:///"), (env_name, database)
+        assert Path(database.removeprefix("sqlite:///")).parent == ROOT / "instance", (env_name, database)
+        assert settings == {"PUBLIC_BASE_URL": "http://127.0.0.1:5000", "PAYMENT_GATEWAY": "sandbox",
+                            "PAYMENT_STATUS_CHECK_AFTER": 900, "PAYMENT_EXPIRES_AFTER": 1800,
+                            "SCHEDULER_INTERVAL": 60, "RATELIMIT_ENABLED": True, "REDIS_URL": None}, env_name
+
+
+def test_set_variables_are_read_from_the_environment(tmp_path):
+    database = f"sqlite:///{tmp_path / 'given.db'}"
+    found = run_python(TABLE_SETTINGS, DATABASE_URL=database, PUBLIC_BASE_URL="https://shop.example",
+                       PAYMENT_GATEWAY="sandbox", PAYMENT_STATUS_CHECK_AFTER="120", PAYMENT_EXPIRES_AFTER="240",
+                       SCHEDULER_INTERVAL="5", RATELIMIT_ENABLED="0", REDIS_URL="redis://127.0.0.1:6379/9")
+    for env_name, settings in found.items():
+        assert settings == {"SQLALCHEMY_DATABASE_URI": database, "PUBLIC_BASE_URL": "https://shop.example",
+                            "PAYMENT_GATEWAY": "sandbox", "PAYMENT_STATUS_CHECK_AFTER": 120,
+                            "PAYMENT_EXPIRES_AFTER": 240, "SCHEDULER_INTERVAL": 5, "RATELIMIT_ENABLED": False,
+                            "REDIS_URL": "redis://127.0.0.1:6379/9"}, env_name
+
+
+def test_an_unknown_payment_gateway_stops_the_start(make_app):
+    from config import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="unknown PAYMENT_GATEWAY 'stripe'"):
+        make_app(PAYMENT_GATEWAY="stripe")
