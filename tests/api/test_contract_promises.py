@@ -300,3 +300,31 @@ def test_the_webhook_s_400_has_a_message(client, make):
     raw, headers = make(status_event("txn_anything", "success", 1999))
     response = client.post("/payment-callback", data=raw, headers=headers)
     _assert_error_shape(response, 400)
+
+
+def test_every_error_named_in_sections_2_and_3_has_error_and_message(client, gateway):
+    """The named refusals of the shop and payment APIs, each in the preamble's shape (the tests
+    beside each refusal check its code only)."""
+    open_sessions(gateway)
+    order = place_order(client)
+    _assert_error_shape(client.get("/api/orders/ord_nope"), 404, "order_not_found")
+    _assert_error_shape(client.post("/api/orders", json={"items": [{"sku": "NOPE", "quantity": 1}]}), 422)
+    _assert_error_shape(client.post("/api/orders", json={"items": []}), 422)
+    _assert_error_shape(client.get("/check-payment-status/txn_nope"), 404, "transaction_not_found")
+    _assert_error_shape(client.post("/initiate-payment", json={"order_id": "ord_nope"}), 404, "order_not_found")
+    mismatch = client.post("/initiate-payment", json={"order_id": order["order_id"], "amount": 1})
+    _assert_error_shape(mismatch, 422, "amount_mismatch")
+    keyed = {"Idempotency-Key": "shape-key"}
+    first = client.post("/initiate-payment", json={"order_id": order["order_id"]}, headers=keyed)
+    assert first.status_code == 201
+    reused = client.post("/initiate-payment", json={"order_id": order["order_id"], "amount": order["total"]},
+                         headers=keyed)
+    _assert_error_shape(reused, 422, "idempotency_key_reused")
+    post_webhook(client, status_event(first.get_json()["transaction_id"], "success", order["total"]))
+    paid = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    _assert_error_shape(paid, 409, "order_already_paid")
+    down = place_order(client)
+    gateway.replace(responses.POST, f"{GATEWAY}/create-session", body=requests.ConnectionError("down"))
+    unavailable = _assert_error_shape(client.post("/initiate-payment", json={"order_id": down["order_id"]}), 502,
+                                      "gateway_unavailable")
+    assert unavailable["transaction_id"].startswith("txn_")

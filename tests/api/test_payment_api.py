@@ -18,7 +18,10 @@ from app.models import Transaction
 from app.models.clock import utcnow
 from app.services import checkout
 
-from tests.conftest import GATEWAY, open_sessions, place_order, post_webhook, start_payment, status_event
+from tests import fulfillment_probe
+from tests.conftest import (
+    GATEWAY, open_sessions, place_order, post_webhook, prepare_database, start_payment, status_event,
+)
 
 
 def test_initiate_stores_a_pending_transaction_with_the_order_amount(client, gateway):
@@ -236,6 +239,83 @@ def test_check_status_shape_and_404(client, gateway):
     missing = client.get("/check-payment-status/txn_missing")
     assert missing.status_code == 404
     assert missing.get_json()["error"] == "transaction_not_found"
+
+
+def test_money_in_the_status_answer_is_an_integer_with_an_upper_case_currency(client, gateway):
+    """Contract preamble and section 3: amount is an int of minor units (1999.0 would compare equal
+    to 1999 in Python, so the JSON type is checked), currency an ISO 4217 code in upper case."""
+    order = place_order(client, [("TEE-BLACK", 3)])
+    tx = start_payment(client, gateway, order["order_id"])
+    body = client.get(f"/check-payment-status/{tx['transaction_id']}").get_json()
+    assert type(body["amount"]) is int and body["amount"] == 3 * 1999, body
+    assert re.fullmatch(r"[A-Z]{3}", body["currency"]) and body["currency"] == "USD", body
+
+
+def test_callback_return_and_status_urls_are_built_on_public_base_url(make_app, database_url, gateway):
+    """Section 1: PUBLIC_BASE_URL is this app's public origin, used to build callback_url and
+    return_url (and the status_url handed to the browser)."""
+    base = "https://shop.example:8443"
+    app = make_app(PUBLIC_BASE_URL=base)
+    prepare_database(app, database_url)
+    client = app.test_client()
+    open_sessions(gateway)
+    order = place_order(client)
+    answer = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert answer.status_code == 201, answer.get_json()
+    tx_id = answer.get_json()["transaction_id"]
+    [call] = gateway.calls
+    sent = json.loads(call.request.body)
+    assert sent["callback_url"] == f"{base}/payment-callback"
+    assert sent["return_url"].startswith(f"{base}/") and tx_id in sent["return_url"], sent["return_url"]
+    assert sent["cancel_url"].startswith(f"{base}/"), sent["cancel_url"]
+    assert answer.get_json()["status_url"] == f"{base}/check-payment-status/{tx_id}"
+
+
+def test_the_pending_transaction_is_stored_before_the_gateway_is_called(app, client, gateway):
+    """Section 3: while create-session is on its way, the transaction can already be read, pending,
+    from another connection, with the stored order's amount."""
+    seen = []
+
+    def create(request):
+        key = request.headers["Idempotency-Key"]
+        status = app.test_client().get(f"/check-payment-status/{key}")
+        seen.append((status.status_code, status.get_json()))
+        return 200, {}, json.dumps({"session_id": f"cs_{key}", "payment_url": f"{GATEWAY}/pay/cs_{key}"})
+
+    gateway.add_callback(responses.POST, f"{GATEWAY}/create-session", callback=create)
+    order = place_order(client, [("MUG-ENAMEL", 2)])
+    answer = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert answer.status_code == 201
+    tx_id = answer.get_json()["transaction_id"]
+    [(code, body)] = seen
+    assert code == 200, body
+    assert (body["transaction_id"], body["order_id"], body["status"], body["amount"], body["currency"]) == \
+        (tx_id, order["order_id"], "pending", 2 * 1250, "USD")
+
+
+def test_an_order_paid_whose_handler_has_not_returned_is_409_too(app, client, gateway):
+    """Section 3: 'already paid' is the order's paid state too, not only fulfilled (the handler
+    raised, so the order waits, paid, for the next reconciliation pass)."""
+    order = place_order(client)
+    tx = start_payment(client, gateway, order["order_id"])
+    fulfillment_probe.reset(fail_times=1)
+    assert post_webhook(client, status_event(tx["transaction_id"], "success", order["total"])).status_code == 200
+    assert client.get(f"/api/orders/{order['order_id']}").get_json()["status"] == "paid"
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "order_already_paid"
+    assert len([c for c in gateway.calls if c.request.url.endswith("/create-session")]) == 1
+
+
+def test_an_idempotency_key_of_exactly_255_characters_is_accepted(client, gateway):
+    """Section 3: keys are at most 255 characters, so 255 is a key (256 is refused, tested above)."""
+    open_sessions(gateway)
+    order = place_order(client)
+    headers = {"Idempotency-Key": "k" * 254 + "z"}
+    first = client.post("/initiate-payment", json={"order_id": order["order_id"]}, headers=headers)
+    assert first.status_code == 201, first.get_json()
+    again = client.post("/initiate-payment", json={"order_id": order["order_id"]}, headers=headers)
+    assert (again.status_code, again.get_json()) == (201, first.get_json())
 
 
 def _race_two_initiations(app, client, gateway, order_id: str, second_fails: bool):

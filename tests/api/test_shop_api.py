@@ -1,5 +1,7 @@
 """Contract section 2: products and orders."""
 
+import re
+
 import pytest
 
 from tests.conftest import place_order
@@ -20,6 +22,29 @@ def test_order_total_comes_from_the_catalog(client):
     assert order["total"] == 2 * 1999 + 1250
     assert order["currency"] == "USD"
     assert {i["sku"]: i["quantity"] for i in order["items"]} == {"TEE-BLACK": 2, "MUG-ENAMEL": 1}
+
+
+def test_money_is_json_integers_with_upper_case_currency_codes(client):
+    """Contract preamble: money is an integer of minor units with an upper-case ISO 4217 code. The
+    JSON type is checked (1999.0 would compare equal to 1999)."""
+    def is_code(value):
+        return isinstance(value, str) and re.fullmatch(r"[A-Z]{3}", value)
+
+    products = client.get("/api/products").get_json()
+    assert products and all(type(p["price"]) is int and is_code(p["currency"]) for p in products), products
+    order = place_order(client, [("TEE-BLACK", 2), ("MUG-ENAMEL", 1)])
+    assert type(order["total"]) is int and is_code(order["currency"]), order
+    assert all(type(line[k]) is int for line in order["items"] for k in ("quantity", "unit_price", "line_total"))
+    read = client.get(f"/api/orders/{order['order_id']}").get_json()
+    assert type(read["total"]) is int and read["total"] == 2 * 1999 + 1250 and is_code(read["currency"]), read
+    assert isinstance(read["order_id"], str) and read["order_id"] == order["order_id"]
+
+
+def test_a_quantity_of_99_is_accepted(client):
+    """Section 2: quantity is an int 1..99, both ends included (0 and 100 are refused below)."""
+    order = place_order(client, [("TEE-BLACK", 99), ("MUG-ENAMEL", 1)])
+    assert {i["sku"]: i["quantity"] for i in order["items"]} == {"TEE-BLACK": 99, "MUG-ENAMEL": 1}
+    assert order["total"] == 99 * 1999 + 1250
 
 
 def test_order_can_be_read_back(client):

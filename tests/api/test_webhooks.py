@@ -101,6 +101,20 @@ def test_same_webhook_id_again_changes_nothing(app, client, pending):
     assert len(fulfillment_probe.calls) == 1
 
 
+def test_the_same_webhook_id_again_changes_nothing_even_with_another_status(app, client, pending):
+    """The same webhook-id is the same delivery, whatever its (validly signed) body says: a
+    success re-sent under the id of a failure already received is not applied (failure ->
+    success otherwise would be)."""
+    order, tx_id = pending
+    first = post_webhook(client, status_event(tx_id, "failure", 1999), msg_id="msg_same_delivery")
+    assert first.status_code == 200 and status_of(client, tx_id) == "failure"
+    again = post_webhook(client, status_event(tx_id, "success", 1999), msg_id="msg_same_delivery")
+    assert again.status_code == 200 and again.get_json()["outcome"] == "duplicate"
+    assert status_of(client, tx_id) == "failure"
+    assert client.get(f"/api/orders/{order['order_id']}").get_json()["status"] == "open"
+    assert fulfillment_probe.calls == []
+
+
 @pytest.mark.parametrize("amount", [1999, 10 ** 40])
 def test_unknown_transaction_is_acknowledged(app, client, amount):
     response = post_webhook(client, status_event("txn_unknown", "success", amount))
