@@ -132,8 +132,9 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _refuse_nul():
         # No database stores NUL in text (PostgreSQL refuses it): refuse it at the door, clearly.
+        # Field names too: the cart's carry the SKU (qty-<sku>), which reaches a query.
         in_form = request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data") and any(
-            "\x00" in v for values in request.form.listvalues() for v in values)
+            "\x00" in key or any("\x00" in v for v in values) for key, values in request.form.lists())
         if ("\x00" in request.path or "\x00" in request.query_string.decode("latin-1")
                 or "%00" in request.query_string.decode("latin-1")
                 or "\x00" in request.headers.get("Idempotency-Key", "") or in_form):

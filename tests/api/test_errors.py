@@ -156,6 +156,16 @@ def test_nul_in_a_page_form_is_refused(client):
     assert "did not come from this site" not in response.get_data(as_text=True)  # not the CSRF refusal
 
 
+def test_nul_in_a_form_field_name_is_refused_not_a_500(client):
+    # The cart form's field names carry the SKU (qty-<sku>): a NUL there reached the product
+    # query, which PostgreSQL refuses ("text fields cannot contain NUL") as a 500.
+    token = csrf_token(client, "/")
+    response = client.post("/checkout", data={"csrf_token": token, "qty-TEE\u0000": "1"},
+                           headers={"Accept": "text/html"})
+    assert response.status_code == 400
+    assert "did not come from this site" not in response.get_data(as_text=True)  # not the CSRF refusal
+
+
 def test_the_lookup_form_needs_its_csrf_token(client):
     response = client.post("/payment-status", data={"order_id": "ord_x", "access_code": "x"},
                            headers={"Accept": "text/html"})
