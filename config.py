@@ -132,6 +132,9 @@ class Config:
     RATELIMIT_SWALLOW_ERRORS = True
     # Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (0: none).
     PROXY_FIX_HOPS = _int("PROXY_FIX_HOPS", 0)
+    # The peers those headers are believed from (gunicorn's setting of the same name, read the
+    # same way): comma-separated addresses or networks, or * for any.
+    FORWARDED_ALLOW_IPS = _env("FORWARDED_ALLOW_IPS", "127.0.0.1")
     # prometheus_client's multiprocess directory (it reads the variable itself too).
     PROMETHEUS_MULTIPROC_DIR = _env("PROMETHEUS_MULTIPROC_DIR")
     FULFILLMENT_HANDLER = _env("FULFILLMENT_HANDLER", "app.services.fulfillment:log_fulfillment")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+from config import ConfigurationError
 
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
@@ -66,4 +69,49 @@ def init_app(app: Flask) -> None:
 
     hops = app.config["PROXY_FIX_HOPS"]
     if hops:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+        app.wsgi_app = TrustedProxyFix(app.wsgi_app, trusted_proxies(app.config["FORWARDED_ALLOW_IPS"]), hops)
+
+
+def trusted_proxies(setting: str | None) -> list | None:
+    """FORWARDED_ALLOW_IPS as gunicorn reads it: comma-separated addresses or networks, ``*``
+    for any peer (None here)."""
+    entries = [entry.strip() for entry in (setting or "").split(",") if entry.strip()]
+    if "*" in entries:
+        return None
+    try:
+        return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+    except ValueError:
+        raise ConfigurationError(f"configuration error: FORWARDED_ALLOW_IPS must be addresses or networks "
+                                 f"separated by commas, or *, got {setting!r}.") from None
+
+
+class TrustedProxyFix:
+    """ProxyFix for requests from the proxies in FORWARDED_ALLOW_IPS only.
+
+    X-Forwarded-For decides the client address every per-address rate limit counts (staff
+    login, the access-code lookup, orders, payments) and the address recorded with a refused
+    webhook. Believed from any peer, a client that reaches the app without passing the proxy
+    names a new address on every request and is never limited. From any other peer the
+    headers are ignored, as gunicorn ignores them; a unix socket's peer (no IP) is a proxy.
+    """
+
+    def __init__(self, wsgi_app, trusted: list | None, hops: int) -> None:
+        self.wsgi_app = wsgi_app
+        self.trusted = trusted
+        self.fixed = ProxyFix(wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+
+    def _from_proxy(self, remote_addr: str | None) -> bool:
+        if self.trusted is None:
+            return True
+        try:
+            peer = ipaddress.ip_address((remote_addr or "").split("%", 1)[0])
+        except ValueError:
+            return True  # not an IP peer: a unix socket, which only a local proxy can reach
+        if peer.version == 6 and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped
+        return any(peer in network for network in self.trusted)
+
+    def __call__(self, environ, start_response):
+        if self._from_proxy(environ.get("REMOTE_ADDR")):
+            return self.fixed(environ, start_response)
+        return self.wsgi_app(environ, start_response)

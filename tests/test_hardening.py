@@ -264,3 +264,38 @@ def test_every_form_on_every_page_carries_a_csrf_token(client, gateway):
         assert {form["action"] for form in forms} == actions, path
         for form in forms:
             assert form["hidden"].get("csrf_token"), (path, form)
+
+
+def _login_attempts(client, addresses, peer: str) -> list[int]:
+    from tests.ops.conftest import csrf_token
+
+    token = csrf_token(client, "/ops/login")
+    return [client.post("/ops/login", data={"csrf_token": token, "email": "a@example.test", "password": "wrong-guess"},
+                        headers={"X-Forwarded-For": address}, environ_base={"REMOTE_ADDR": peer}).status_code
+            for address in addresses]
+
+
+def test_x_forwarded_for_from_a_peer_that_is_no_proxy_does_not_escape_the_login_limit(make_app, database_url):
+    # Production trusts one proxy hop. A client reaching the app itself (not through the
+    # proxy) must not name a new address per request and so never meet the per-address limit.
+    from tests.conftest import prepare_database
+
+    app = make_app(PROXY_FIX_HOPS=1, RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="2/minute",
+                   RATELIMIT_STORAGE_URI="memory://", FORWARDED_ALLOW_IPS="127.0.0.1, 10.1.0.0/16")
+    prepare_database(app, database_url)
+    spoofed = [f"198.51.100.{n}" for n in range(1, 5)]
+    assert _login_attempts(app.test_client(), spoofed, peer="203.0.113.7") == [200, 200, 429, 429]
+    # Through the proxies (FORWARDED_ALLOW_IPS, networks too) each client has its own budget.
+    assert _login_attempts(app.test_client(), spoofed, peer="127.0.0.1") == [200, 200, 200, 200]
+    assert _login_attempts(app.test_client(), ["192.0.2.1"] * 3, peer="10.1.2.3") == [200, 200, 429]
+
+
+def test_forwarded_allow_ips_star_trusts_any_peer_and_nonsense_refuses_to_start(make_app):
+    from config import ConfigurationError
+
+    app = make_app(PROXY_FIX_HOPS=1, FORWARDED_ALLOW_IPS="*")
+    response = app.test_client().get("/healthz", headers={"X-Forwarded-Proto": "https"},
+                                     environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    with pytest.raises(ConfigurationError, match="FORWARDED_ALLOW_IPS"):
+        make_app(PROXY_FIX_HOPS=1, FORWARDED_ALLOW_IPS="proxy.internal")
