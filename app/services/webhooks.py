@@ -37,7 +37,9 @@ class WebhookOutcome:
 def _reject(exc: WebhookRejected, body: bytes, remote_addr: str | None) -> WebhookOutcome:
     db.session.add(WebhookRejection(
         gateway=get_gateway().name, webhook_id=(exc.webhook_id or "")[:255] or None, reason=exc.reason,
-        remote_addr=remote_addr, body_excerpt=body[:500].decode("utf-8", "replace").replace("\x00", ""),
+        # the proxy's X-Forwarded-For entry, which a client may have written: kept to the column's width
+        remote_addr=(remote_addr or "")[:64] or None,
+        body_excerpt=body[:500].decode("utf-8", "replace").replace("\x00", ""),
     ))
     db.session.commit()
     log.warning("webhook rejected: %s (webhook-id=%s)", exc.reason, exc.webhook_id)

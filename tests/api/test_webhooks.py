@@ -297,3 +297,19 @@ def test_a_webhook_id_longer_than_the_column_is_accepted_and_deduplicated(app, c
     with app.app_context():
         stored = db.session.scalars(select(WebhookEvent.webhook_id).where(WebhookEvent.transaction_id == tx_id)).all()
     assert len(stored) == 2 and all(s.startswith("sha256:") and len(s) <= 255 for s in stored)
+
+
+def test_a_refused_delivery_from_a_long_forwarded_address_is_400_not_500(make_app, database_url):
+    # The address recorded with a refused delivery is the proxy's X-Forwarded-For entry, text
+    # the client may have written; the column holds 64 characters, and PostgreSQL refused more.
+    from app.extensions import db
+    from app.models import WebhookRejection
+    from tests.conftest import prepare_database
+
+    app = make_app(PROXY_FIX_HOPS=1)
+    prepare_database(app, database_url)
+    response = app.test_client().post("/payment-callback", data=b"{}", headers={
+        "X-Forwarded-For": "a" * 300, "webhook-id": "msg_1", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"})
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_webhook"
+    with app.app_context():
+        assert db.session.query(WebhookRejection).one().remote_addr == "a" * 64
