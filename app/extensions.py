@@ -1,8 +1,9 @@
 """Flask extensions, created unbound here and bound to the app in create_app."""
 
-from flask import current_app
+import ipaddress
+
+from flask import current_app, request
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_socketio import SocketIO, join_room
@@ -20,7 +21,25 @@ migrate = Migrate()
 socketio = SocketIO()
 login_manager = LoginManager()
 csrf = CSRFProtect()
-limiter = Limiter(key_func=get_remote_address, default_limits=[])
+
+
+def client_key() -> str:
+    """Who a rate limit counts: the client's address, and for IPv6 its /64 network. One host
+    is routinely given a whole /64 and can send from any address in it, so counting single
+    IPv6 addresses would give it 2**64 budgets (staff-login guesses without end)."""
+    address = request.remote_addr or "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+limiter = Limiter(key_func=client_key, default_limits=[])
 # One budget per kind of work, per client address, whichever route does it: the JSON API and
 # the pages' forms place orders and start payments through the same counters.
 orders_limit = limiter.shared_limit(lambda: current_app.config["RATELIMIT_ORDERS"], scope="orders")

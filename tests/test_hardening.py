@@ -299,3 +299,17 @@ def test_forwarded_allow_ips_star_trusts_any_peer_and_nonsense_refuses_to_start(
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
     with pytest.raises(ConfigurationError, match="FORWARDED_ALLOW_IPS"):
         make_app(PROXY_FIX_HOPS=1, FORWARDED_ALLOW_IPS="proxy.internal")
+
+
+def test_an_ipv6_client_cannot_escape_the_login_limit_by_changing_address_in_its_64(make_app, database_url):
+    # A host is given a whole /64 and may send from any address in it: the limit counts the network.
+    from tests.conftest import prepare_database
+
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="2/minute", RATELIMIT_STORAGE_URI="memory://")
+    prepare_database(app, database_url)
+    client = app.test_client()
+    codes = [_login_attempts(client, ["-"], peer=f"2001:db8:1:2::{n:x}")[0] for n in range(1, 5)]
+    assert codes == [200, 200, 429, 429]
+    # another /64 (another host) has its own budget, and IPv4 clients are counted one by one
+    assert _login_attempts(client, ["-"], peer="2001:db8:1:3::1") == [200]
+    assert _login_attempts(client, ["-"], peer="192.0.2.1") + _login_attempts(client, ["-"], peer="192.0.2.2") == [200, 200]
