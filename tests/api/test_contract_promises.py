@@ -4,6 +4,7 @@
 - section 1: the expires_at sent to the gateway is creation + PAYMENT_EXPIRES_AFTER as configured;
 - section 3: an Idempotency-Key answer is still replayed just under 24 hours later;
 - section 4: every gateway call carries ``Authorization: Bearer <PAYMENT_GATEWAY_API_KEY>``;
+- section 4 and 1: create-session's body is the contract's, its addresses built from PUBLIC_BASE_URL;
 - preamble: 405, 413, 415 and the webhook's 400 have the ``{"error", "message"}`` shape.
 """
 
@@ -236,6 +237,37 @@ def test_every_gateway_call_carries_the_configured_bearer_key(make_app, database
     assert set(called) == {"create-session", "status", "expire", "refunds"}
     for kind, sent in called.items():
         assert sent == [f"Bearer {CUSTOM_KEY}"] * len(sent), kind
+
+
+# -- section 4 (and 1): the create-session body, its addresses from PUBLIC_BASE_URL ---------------------
+
+SHOP_ORIGIN = "https://shop.contract.example"  # not the test default: the addresses must come from it
+
+
+def test_create_session_sends_the_contract_body_with_addresses_under_public_base_url(make_app, database_url,
+                                                                                     gateway):
+    app = make_app(PUBLIC_BASE_URL=SHOP_ORIGIN)
+    prepare_database(app, database_url)
+    client = app.test_client()
+    open_sessions(gateway)
+    order = place_order(client, [("TEE-BLACK", 2)])
+    answer = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert answer.status_code == 201, answer.get_json()
+    tx_id = answer.get_json()["transaction_id"]
+
+    [call] = create_session_calls(gateway)
+    assert call.request.method == "POST"
+    assert call.request.headers["Idempotency-Key"] == tx_id
+    sent = json.loads(call.request.body)
+    assert set(sent) >= {"transaction_id", "amount", "currency", "callback_url", "return_url", "cancel_url",
+                         "expires_at"}  # the contract may add fields, never drop one
+    assert (sent["transaction_id"], sent["amount"], sent["currency"]) == (tx_id, 2 * 1999, "USD")
+    assert type(sent["amount"]) is int
+    # the gateway calls the webhook here, and sends the shopper back (paid or not) to the waiting page
+    assert sent["callback_url"] == f"{SHOP_ORIGIN}/payment-callback"
+    for field in ("return_url", "cancel_url"):
+        assert sent[field].split("?")[0] == f"{SHOP_ORIGIN}/payment/{tx_id}", (field, sent[field])
+    assert answer.get_json()["status_url"] == f"{SHOP_ORIGIN}/check-payment-status/{tx_id}"
 
 
 # -- preamble: the JSON error shape --------------------------------------------------------------------
