@@ -8,7 +8,7 @@ import time
 
 import pytest
 import standardwebhooks
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.sandbox.models import Delivery
 
@@ -152,3 +152,25 @@ def test_stop_leaves_queued_deliveries_in_storage(live):
     # Kept for the next worker: started again, it picks the delivery up (port 9 refuses it).
     assert runtime.start_worker()
     wait_until(lambda: rows(live)[0].attempts >= 1)
+
+
+def test_a_delivery_without_a_2xx_is_retried_with_growing_delays(make_app, receiver):
+    """Contract 4: the gateway retries a delivery that did not get a 2xx, *with backoff*: each
+    failed attempt waits longer than the one before, and nothing is sent before it is due."""
+    app = make_app(SANDBOX_DELIVERY_BACKOFF_FACTOR=1.0)  # the real schedule; the worker is off
+    hook = receiver([500, 302, 503, 200])
+    shopper = Shopper(app.test_client())
+    shopper.pay(shopper.session_id("tx_1", callback_url=hook.url))
+    sandbox = app.extensions["sandbox"]
+    waits = []
+    for attempts in range(1, 4):
+        with sandbox.storage.session() as db:  # test data setup: the next attempt is due now
+            db.execute(update(Delivery).values(next_attempt_at=Delivery.created_at))
+            db.commit()
+        assert sandbox.tick() == 1
+        row = rows(app)[0]
+        assert (row.state, row.attempts) == ("queued", attempts)
+        waits.append((row.next_attempt_at - row.last_attempt_at).total_seconds())
+        assert sandbox.tick() == 0  # not due yet: no attempt before the wait is over
+    assert [r["answered"] for r in hook.requests] == [500, 302, 503]
+    assert 1 <= waits[0] < waits[1] < waits[2], waits
