@@ -252,3 +252,16 @@ def test_only_last_four_digits_are_stored_or_logged(shopper, runtime, settings, 
         for form in (number, number.replace(" ", "")):
             assert form.encode() not in raw
             assert form not in caplog.text
+
+
+def test_cancel_on_the_confirmation_page_returns_to_cancel_url(shopper, runtime):
+    """The 3220 card's extra page is the hosted page too: its Cancel control also ends at cancel_url."""
+    session_id = shopper.session_id("tx_1")
+    assert shopper.pay(session_id, "4000 0000 0000 3220").status_code == 303
+    html = page_text(shopper.client.get(f"/pay/{session_id}/confirm"))
+    assert re.search(rf'<form method="post" action="/pay/{session_id}/cancel">\s*'
+                     r'<input type="hidden" name="csrf_token" value="[^"]+">\s*<button[^>]*>Cancel</button>', html)
+    answer = shopper.client.post(f"/pay/{session_id}/cancel", data={"csrf_token": form_token(html)})
+    assert answer.status_code == 303 and answer.location == "http://shop.test/checkout/cancelled/tx_1"
+    assert shopper.status("tx_1") == "cancelled"
+    assert [d.event_status for d in deliveries(runtime)] == ["cancelled"]
