@@ -3,12 +3,16 @@
 A socket client on instance A hears about a webhook posted to instance B (the Socket.IO
 message queue), and with both instances running the scheduler every due transaction is
 checked with the gateway exactly once (row claims across processes). Logging out on one
-instance disconnects that session's ops socket on the other.
+instance disconnects that session's ops socket on the other. A change made by the
+`payments reconcile` command, a process of its own, reaches a socket joined on a server.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,7 +27,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from app.gateways.signing import sign
-from bench.harness import free_port, gunicorn, migrate
+from bench.harness import ROOT, free_port, gunicorn, migrate
 from config import DEV_WEBHOOK_SECRET
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.ops.conftest import _CSRF
@@ -223,3 +227,41 @@ def test_pages_on_one_port_with_several_workers_all_hear_the_result(database_url
         for client in clients:
             client.disconnect()
     assert all(h == ["pending", "success"] for h in heard), heard
+
+
+def test_a_change_made_by_the_reconcile_command_reaches_a_socket_on_a_server(database_url):
+    """Contract 5 (and 1, REDIS_URL): a status change made by ``flask payments reconcile``, a process
+    of its own that serves no socket, is pushed to the room on the server the browser joined."""
+    gateway = StubGateway()  # its status check answers success for 1999 USD
+    env = {"DATABASE_URL": database_url, "REDIS_URL": TEST_REDIS_URL, "PAYMENT_GATEWAY_URL": gateway.url,
+           "PAYMENT_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET, "SOCKETIO_CHANNEL": f"test-{uuid.uuid4().hex[:8]}"}
+    with gunicorn("wsgi:app", env) as url:
+        order = requests.post(f"{url}/api/orders", json={"items": [{"sku": "TEE-BLACK", "quantity": 1}]}).json()
+        tx_id = requests.post(f"{url}/initiate-payment", json={"order_id": order["order_id"]}).json()[
+            "transaction_id"]
+        heard: list[dict] = []
+        client = socketio.Client(reconnection=False)
+        client.on("payment_status_update", heard.append)
+        client.connect(url, transports=["websocket"], wait_timeout=10)
+        client.emit("join", {"transaction_id": tx_id})
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert heard == [{"transaction_id": tx_id, "status": "pending"}]
+        engine = sa.create_engine(database_url)
+        with engine.begin() as conn:  # test data setup: pending past the 900 s check window
+            conn.execute(sa.text("UPDATE transactions SET created_at = created_at - interval '20 minutes' "
+                                 "WHERE id = :t"), {"t": tx_id})
+        engine.dispose()
+
+        done = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "payments", "reconcile"],
+                              cwd=ROOT, env={**os.environ, "SCHEDULER_ENABLED": "0", "LOG_LEVEL": "WARNING", **env},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "changed=1" in done.stdout, done.stdout
+        assert statuses(database_url, [tx_id]) == {tx_id: "success"}
+        deadline = time.monotonic() + 10
+        while len(heard) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.disconnect()
+    assert heard == [{"transaction_id": tx_id, "status": "pending"}, {"transaction_id": tx_id, "status": "success"}]
