@@ -308,12 +308,35 @@ def test_one_back_press_leaves_once_the_result_is_in(live, shop_context):
 
 def test_cancel_on_the_gateway_page_shows_the_cancelled_screen(live, shop_context, screenshot):
     page = shop_context.new_page()
-    gateway_tab, _tx_id = checkout(page, shop_context)
+    gateway_tab, tx_id = checkout(page, shop_context)
     mark_document(page)
     gateway_tab.get_by_role("button", name="Cancel").click()
     screen(page, "cancelled").wait_for(state="visible")
     assert same_document(page)
     screenshot(page, "payment-cancelled")
+    # The gateway sent the shopper back to our cancel_url: the waiting page, which says so too.
+    gateway_tab.wait_for_url(re.compile(rf"^{re.escape(live.url)}/payment/{tx_id}(\?cancelled=1)?$"))
+    screen(gateway_tab, "cancelled").wait_for(state="visible")
+
+
+def test_without_a_socket_the_page_asks_every_5_seconds(live, shop_context):
+    """Contract 6: the waiting page falls back to polling section 3 every 5 s when the socket
+    cannot connect."""
+    page = shop_context.new_page()
+    page.route(re.compile(r".*/socket\.io/.*"), lambda route: route.abort())
+    page.route_web_socket(re.compile(r".*/socket\.io/.*"), lambda ws: ws.close())
+    asked = []
+    page.on("request", lambda r: asked.append((time.monotonic(), r.url)) if "/check-payment-status/" in r.url else None)
+    gateway_tab, tx_id = checkout(page, shop_context)
+    page.locator("#connection-note").wait_for(state="visible")
+    deadline = time.monotonic() + 20
+    while len(asked) < 4 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert len(asked) >= 4, asked
+    assert all(url == f"{live.url}/check-payment-status/{tx_id}" for _, url in asked)
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(asked, asked[1:4])]
+    assert all(4.5 <= gap <= 6.5 for gap in gaps), gaps
+    gateway_tab.close()
 
 
 def test_expiry_at_the_gateway_shows_the_expired_screen(live, shop_context, screenshot):
