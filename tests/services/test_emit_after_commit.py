@@ -8,14 +8,15 @@ connection of its own at the moment of the emit: that connection must already se
 from __future__ import annotations
 
 import pytest
+import responses
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from app.extensions import db, socketio
 from app.models import Transaction
 from app.realtime import room_for
-from app.services import checkout
-from tests.conftest import place_order, post_webhook, start_payment, status_event
+from app.services import checkout, refunds
+from tests.conftest import GATEWAY, place_order, post_webhook, start_payment, status_event
 from tests.jobs.support import CHECK_AFTER, EXPIRES_AFTER, answer_expire, answer_status, reconcile, set_age
 from tests.pages.support import gateway_expire
 
@@ -133,3 +134,16 @@ def test_an_expiry_made_by_a_reconciliation_pass_reaches_the_joined_client(app, 
     assert _updates(joined) == [{"transaction_id": tx_id, "status": "expired"}]
     with app.app_context():
         assert db.session.get(Transaction, tx_id).status == "expired"
+
+
+@pytest.mark.parametrize(("amount", "status"), [(500, "partially_refunded"), (1999, "refunded")])
+def test_a_refund_made_by_ops_is_pushed_to_the_room_after_commit(app, client, gateway, payment, emits, amount,
+                                                                  status):
+    """Refund moves are status changes too: the shopper's waiting page hears them."""
+    tx_id = payment["transaction_id"]
+    assert post_webhook(client, status_event(tx_id, "success", 1999)).status_code == 200
+    emits.clear()
+    gateway.add(responses.POST, f"{GATEWAY}/refunds", json={"refund_id": "re_1", "status": "succeeded"})
+    with app.app_context():
+        refunds.refund(tx_id, amount, actor="ops@example.test")
+    assert emits == [{"room": room_for(tx_id), "sent": status, "committed": status, "transaction_id": tx_id}]
