@@ -147,3 +147,16 @@ def test_a_refund_made_by_ops_is_pushed_to_the_room_after_commit(app, client, ga
     with app.app_context():
         refunds.refund(tx_id, amount, actor="ops@example.test")
     assert emits == [{"room": room_for(tx_id), "sent": status, "committed": status, "transaction_id": tx_id}]
+
+
+def test_the_return_check_s_change_is_pushed_after_commit(app, client, gateway, payment, emits, monkeypatch):
+    """The waiting page asks the gateway when the shopper comes back, on a background task:
+    what that check moves is pushed to the room too."""
+    from app.payments import pages
+    from tests.pages.support import gateway_status
+
+    monkeypatch.setattr(pages, "RETURN_CHECK_WAIT_SECONDS", 30.0)  # the page waits for the check to end
+    tx_id = payment["transaction_id"]
+    gateway_status(gateway, tx_id, "success", 1999)
+    assert client.get(f"/payment/{tx_id}?returned=1").status_code == 200
+    assert emits == [{"room": room_for(tx_id), "sent": "success", "committed": "success", "transaction_id": tx_id}]
