@@ -7,7 +7,8 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import Refund, Transaction
-from tests.ops.conftest import ADMIN, add_user, csrf_token, login, paid_transaction
+from tests.conftest import GATEWAY, place_order, start_payment
+from tests.ops.conftest import ADMIN, add_user, csrf_token, login, paid_transaction, post_form
 
 
 @pytest.fixture
@@ -96,3 +97,32 @@ def test_the_filter_forms_token_in_urls_is_accepted_by_no_post(csrf_app, admin, 
     assert admin.post("/ops/logout", data={"csrf_token": leaked}).status_code == 400
     assert refunded(csrf_app, tx_id) == 0
     assert admin.get("/ops/transactions").status_code == 200  # still logged in
+
+
+def test_the_forms_only_some_payments_show_carry_the_token_and_retry_needs_it(csrf_app, admin, gateway):
+    """Cancel (a pending payment), Mark reviewed (a flagged one) and Retry (a refund the gateway did
+    not answer) appear only in those states, which the pages above do not reach."""
+    client = csrf_app.test_client()
+    pending = start_payment(client, gateway, place_order(client)["order_id"])["transaction_id"]
+    _, held, _ = paid_transaction(client, gateway)
+    gateway.post(f"{GATEWAY}/refunds", status=503)
+    assert post_form(admin, f"/ops/transactions/{held}/refund", {"amount": "700"}).status_code == 502
+    with csrf_app.app_context():
+        refund_id = db.session.scalar(select(Refund.id).where(Refund.transaction_id == held))
+    expected = {pending: [f"/ops/transactions/{pending}/cancel"],
+                held: [f"/ops/transactions/{held}/review", f"/ops/transactions/{held}/refunds/{refund_id}/retry"]}
+    for tx_id, actions in expected.items():
+        html = admin.get(f"/ops/transactions/{tx_id}").get_data(as_text=True)
+        forms = {re.search(r'action="([^"]+)"', form).group(1): form
+                 for form in re.findall(r"<form\b.*?</form>", html, flags=re.S)}
+        for action in actions:
+            assert action in forms, (action, sorted(forms))
+            assert re.search(r'type="hidden"[^>]*name="csrf_token"|name="csrf_token"[^>]*type="hidden"',
+                             forms[action]), forms[action]
+    sent = len([c for c in gateway.calls if c.request.url.endswith("/refunds")])
+    for data in ({}, {"csrf_token": "not-a-token"}):
+        response = admin.post(f"/ops/transactions/{held}/refunds/{refund_id}/retry", data=data)
+        assert response.status_code == 400 and "form expired" in response.get_data(as_text=True)
+    assert len([c for c in gateway.calls if c.request.url.endswith("/refunds")]) == sent
+    with csrf_app.app_context():
+        assert db.session.get(Refund, refund_id).status == "requested"
