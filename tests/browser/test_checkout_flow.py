@@ -247,6 +247,43 @@ def test_a_push_lost_while_the_socket_stays_up_is_caught_by_the_slow_check(live,
     assert page.locator("#connection-note").is_hidden()  # the socket stayed up: no fallback polling
 
 
+def test_a_tab_shown_again_asks_at_once_while_the_socket_stays_up(live, shop_context):
+    """README: the waiting page asks /check-payment-status when the tab is shown again, even while
+    connected, so a lost push does not leave it waiting for the 30-second check."""
+    def lose_updates_after_the_first(ws):
+        server = ws.connect_to_server()
+        seen = []
+
+        def to_page(message):
+            if "payment_status_update" in str(message):
+                seen.append(message)
+                if len(seen) > 1:  # the push on join arrives; every later one is lost
+                    return
+            ws.send(message)
+
+        server.on_message(to_page)
+        ws.on_message(server.send)
+
+    page = shop_context.new_page()
+    page.route_web_socket(re.compile(r".*/socket\.io/.*"), lose_updates_after_the_first)
+    checks = []
+    page.on("response", lambda r: checks.append(r) if "/check-payment-status/" in r.url else None)
+    gateway_tab, tx_id = checkout(page, shop_context)  # the slow check stays at its 30 s
+    pay_with(gateway_tab, SUCCESS_CARD)
+    deadline = time.monotonic() + 10
+    while requests.get(f"{live.url}/check-payment-status/{tx_id}", timeout=5).json()["status"] != "success":
+        assert time.monotonic() < deadline, "the payment did not succeed"
+        time.sleep(0.1)
+    page.wait_for_timeout(500)
+    assert screen(page, "pending").is_visible() and checks == []  # the push was lost: still waiting
+
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # the shopper comes back to it
+
+    screen(page, "success").wait_for(state="visible", timeout=5_000)
+    assert [check.json()["status"] for check in checks if check.url.endswith(tx_id)] == ["success"]
+    assert page.locator("#connection-note").is_hidden()
+
+
 def test_a_check_answered_before_the_push_but_arriving_after_it_is_ignored(live, shop_context):
     """The slow check asked while pending; its answer is held up until the socket has brought
     the success: the page must not go back to waiting."""
