@@ -214,7 +214,8 @@ def test_gateway_down_gives_502_and_a_failed_transaction(client, gateway):
 def test_gateway_5xx_is_retried_with_the_same_key_then_succeeds(client, gateway):
     gateway.add(responses.POST, f"{GATEWAY}/create-session", status=503, json={"error": "busy"})
     gateway.add(responses.POST, f"{GATEWAY}/create-session", status=429, json={"error": "slow down"})
-    gateway.add(responses.POST, f"{GATEWAY}/create-session", json={"session_id": "cs_1", "payment_url": f"{GATEWAY}/pay/cs_1"})
+    gateway.add(responses.POST, f"{GATEWAY}/create-session",
+                json={"session_id": "cs_1", "payment_url": f"{GATEWAY}/pay/cs_1"})
     order = place_order(client)
     response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
     assert response.status_code == 201
