@@ -19,9 +19,7 @@ from app.models.clock import utcnow
 from app.services import checkout
 
 from tests import fulfillment_probe
-from tests.conftest import (
-    GATEWAY, open_sessions, place_order, post_webhook, prepare_database, start_payment, status_event,
-)
+from tests.conftest import GATEWAY, open_sessions, place_order, post_webhook, start_payment, status_event
 
 
 def test_initiate_stores_a_pending_transaction_with_the_order_amount(client, gateway):
@@ -250,26 +248,6 @@ def test_money_in_the_status_answer_is_an_integer_with_an_upper_case_currency(cl
     body = client.get(f"/check-payment-status/{tx['transaction_id']}").get_json()
     assert type(body["amount"]) is int and body["amount"] == 3 * 1999, body
     assert re.fullmatch(r"[A-Z]{3}", body["currency"]) and body["currency"] == "USD", body
-
-
-def test_callback_return_and_status_urls_are_built_on_public_base_url(make_app, database_url, gateway):
-    """Section 1: PUBLIC_BASE_URL is this app's public origin, used to build callback_url and
-    return_url (and the status_url handed to the browser)."""
-    base = "https://shop.example:8443"
-    app = make_app(PUBLIC_BASE_URL=base)
-    prepare_database(app, database_url)
-    client = app.test_client()
-    open_sessions(gateway)
-    order = place_order(client)
-    answer = client.post("/initiate-payment", json={"order_id": order["order_id"]})
-    assert answer.status_code == 201, answer.get_json()
-    tx_id = answer.get_json()["transaction_id"]
-    [call] = gateway.calls
-    sent = json.loads(call.request.body)
-    assert sent["callback_url"] == f"{base}/payment-callback"
-    assert sent["return_url"].startswith(f"{base}/") and tx_id in sent["return_url"], sent["return_url"]
-    assert sent["cancel_url"].startswith(f"{base}/"), sent["cancel_url"]
-    assert answer.get_json()["status_url"] == f"{base}/check-payment-status/{tx_id}"
 
 
 def test_the_pending_transaction_is_stored_before_the_gateway_is_called(app, client, gateway):

@@ -212,25 +212,28 @@ def test_socket_blocked_polling_still_reaches_success(live, shop_context, screen
     assert len(polls) == count  # final: polling stopped
 
 
+def _lose_updates_after_the_first(ws):
+    """A WebSocket route that passes the page's socket through but drops every status push after
+    the one on join (a message queue failing after the join, say), while the socket stays up."""
+    server = ws.connect_to_server()
+    seen = []
+
+    def to_page(message):
+        if "payment_status_update" in str(message):
+            seen.append(message)
+            if len(seen) > 1:
+                return
+        ws.send(message)
+
+    server.on_message(to_page)
+    ws.on_message(server.send)
+
+
 def test_a_push_lost_while_the_socket_stays_up_is_caught_by_the_slow_check(live, shop_context):
     """The room's push of the change never arrives (a message queue failing after the join,
     say), while the socket stays connected: the page still learns the result by asking."""
-    def lose_updates_after_the_first(ws):
-        server = ws.connect_to_server()
-        seen = []
-
-        def to_page(message):
-            if "payment_status_update" in str(message):
-                seen.append(message)
-                if len(seen) > 1:  # the push on join arrives; every later one is lost
-                    return
-            ws.send(message)
-
-        server.on_message(to_page)
-        ws.on_message(server.send)
-
     page = shop_context.new_page()
-    page.route_web_socket(re.compile(r".*/socket\.io/.*"), lose_updates_after_the_first)
+    page.route_web_socket(re.compile(r".*/socket\.io/.*"), _lose_updates_after_the_first)
     checks = []
     page.on("response", lambda r: checks.append(r) if "/check-payment-status/" in r.url else None)
     live.app.config["PAYMENT_PAGE_CHECK_SECONDS"] = 2
@@ -250,22 +253,8 @@ def test_a_push_lost_while_the_socket_stays_up_is_caught_by_the_slow_check(live,
 def test_a_tab_shown_again_asks_at_once_while_the_socket_stays_up(live, shop_context):
     """README: the waiting page asks /check-payment-status when the tab is shown again, even while
     connected, so a lost push does not leave it waiting for the 30-second check."""
-    def lose_updates_after_the_first(ws):
-        server = ws.connect_to_server()
-        seen = []
-
-        def to_page(message):
-            if "payment_status_update" in str(message):
-                seen.append(message)
-                if len(seen) > 1:  # the push on join arrives; every later one is lost
-                    return
-            ws.send(message)
-
-        server.on_message(to_page)
-        ws.on_message(server.send)
-
     page = shop_context.new_page()
-    page.route_web_socket(re.compile(r".*/socket\.io/.*"), lose_updates_after_the_first)
+    page.route_web_socket(re.compile(r".*/socket\.io/.*"), _lose_updates_after_the_first)
     checks = []
     page.on("response", lambda r: checks.append(r) if "/check-payment-status/" in r.url else None)
     gateway_tab, tx_id = checkout(page, shop_context)  # the slow check stays at its 30 s

@@ -13,16 +13,21 @@ SUMMARY = re.compile(r"^reconcile: due=(\d+) checked=(\d+) changed=(\d+) expired
                      r"fulfilled=(\d+) duration=\d+\.\d{3}s$")
 
 
-def test_reconcile_prints_one_summary_line(app, client, gateway, runner):
-    _, tx_id = pending_payment(app, client, gateway, CHECK_AFTER + 60)
-    answer_status(gateway, tx_id, "failure")
+def reconcile_summary(runner) -> tuple[str, ...]:
+    """Run ``payments reconcile``: it must exit 0 and print one summary line; returns its figures."""
     result = runner.invoke(args=["payments", "reconcile"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1
+    assert len(lines) == 1, lines
     match = SUMMARY.match(lines[0])
     assert match, lines[0]
-    assert match.groups()[:6] == ("1", "1", "1", "0", "0", "0")
+    return match.groups()
+
+
+def test_reconcile_prints_one_summary_line(app, client, gateway, runner):
+    _, tx_id = pending_payment(app, client, gateway, CHECK_AFTER + 60)
+    answer_status(gateway, tx_id, "failure")
+    assert reconcile_summary(runner)[:6] == ("1", "1", "1", "0", "0", "0")
     assert row(app, tx_id).status == "failure"
 
 
@@ -39,12 +44,6 @@ def test_reconcile_expires_overdue_ones_and_exits_0_even_when_the_gateway_fails(
     _, unanswered = pending_payment(app, client, gateway, CHECK_AFTER + 60)
     answer_expire(gateway, overdue, 200)
     gateway.add(responses.GET, f"{GATEWAY}/status/{unanswered}", body=requests.ConnectionError("gateway down"))
-    result = runner.invoke(args=["payments", "reconcile"])
-    assert result.exit_code == 0, result.output
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1
-    match = SUMMARY.match(lines[0])
-    assert match, lines[0]
-    due, checked, changed, expired, errors, fulfilled = match.groups()
-    assert (due, expired, errors, fulfilled) == ("2", "1", "1", "0"), lines[0]
+    due, checked, changed, expired, errors, fulfilled = reconcile_summary(runner)[:6]
+    assert (due, expired, errors, fulfilled) == ("2", "1", "1", "0")
     assert (row(app, overdue).status, row(app, unanswered).status) == ("expired", "pending")
