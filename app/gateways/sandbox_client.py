@@ -5,24 +5,33 @@ exponential backoff and jitter. Every retry of create-session carries the same
 Idempotency-Key (the transaction id), so a retry never opens a second session.
 
 A call, retries included, is over within its time budget (``GATEWAY_TOTAL_BUDGET``, 25 s)
-whatever the gateway does. Timeouts bound each socket read, not an answer sent one byte at a
-time, so the call runs on a helper thread and the caller stops waiting at the budget; the
-retry policy gives up at the same moment, so an abandoned call makes no further attempt.
+whatever the gateway does. A timeout bounds each socket read, not an answer sent one byte at a
+time, so the call, made on the caller's thread, keeps its deadline in ``_this_call`` and the
+connections of this adapter's pools (``_Budgeted``: http and https, direct or through an HTTP
+proxy) cut each blocking step to min(its configured timeout, the time left): the connect, the
+TLS handshake (which Python bounds as a whole by the socket's timeout), each write of the
+request and each socket read of the answer (status line, headers and body all come through
+one reader, over a plain or a TLS socket). Once no time is left a step fails with a timeout,
+its connection is closed, and the retry policy gives up too: no further attempt. No thread is
+left behind to hold the process at exit. Not cut: name resolution (getaddrinfo keeps to the
+resolver's own timeouts), and the inner TLS reads through an HTTPS proxy (TLS in TLS).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import io
 import logging
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as WaitedTooLong
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
@@ -54,6 +63,101 @@ _this_call = threading.local()  # the deadline of the call the current thread is
 def _budget_spent() -> bool:
     deadline = getattr(_this_call, "deadline", None)
     return deadline is not None and time.monotonic() >= deadline
+
+
+def _within_budget(timeout: float | None) -> float | None:
+    """``timeout`` (a configured one) cut to the time left in this thread's call; a TimeoutError
+    when none is left. Outside a call, ``timeout`` as it is."""
+    deadline = getattr(_this_call, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the call's time budget is spent")
+    return left if timeout is None else min(timeout, left)
+
+
+class _BudgetedReads(io.RawIOBase):
+    """The socket reads of one answer, each waiting at most until the call's deadline."""
+
+    def __init__(self, raw: io.RawIOBase, sock) -> None:
+        super().__init__()
+        self._raw, self._sock, self._timeout = raw, sock, sock.gettimeout()  # the read timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:
+        self._sock.settimeout(_within_budget(self._timeout))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _BudgetedAnswer(http.client.HTTPResponse):
+    """http.client's reader of an answer (and of a proxy's answer to CONNECT), over _BudgetedReads."""
+
+    def __init__(self, sock, *args, **kwargs) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp = io.BufferedReader(_BudgetedReads(self.fp.detach(), sock))  # detach: nothing read yet
+
+
+class _Budgeted:
+    """Mixed into urllib3's connections: connecting and each write wait at most until the deadline."""
+
+    response_class = _BudgetedAnswer
+    sock: Any
+    timeout: Any
+
+    def _new_conn(self):
+        self.timeout = _within_budget(self.timeout)  # the connect timeout
+        sock = super()._new_conn()
+        try:
+            sock.settimeout(_within_budget(self.timeout))  # for the TLS handshake, or a CONNECT to a proxy
+        except TimeoutError:
+            sock.close()
+            raise
+        return sock
+
+    def send(self, data) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(_within_budget(self.timeout))
+        super().send(data)
+
+
+class _BudgetedHTTPConnection(_Budgeted, HTTPConnection):
+    pass
+
+
+class _BudgetedHTTPSConnection(_Budgeted, HTTPSConnection):
+    pass
+
+
+class _BudgetedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _BudgetedHTTPConnection
+
+
+class _BudgetedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _BudgetedHTTPSConnection
+
+
+_BUDGETED_POOLS = {"http": _BudgetedHTTPPool, "https": _BudgetedHTTPSPool}
+
+
+class _BudgetedAdapter(HTTPAdapter):
+    """requests' adapter whose pools (direct, or through a proxy) make _Budgeted connections."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _BUDGETED_POOLS
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS has pools of its own: not bounded
+            manager.pool_classes_by_scheme = _BUDGETED_POOLS
+        return manager
 
 
 class _BudgetedRetry(Retry):
@@ -115,7 +219,6 @@ class SandboxGateway:
         self.webhook_secrets = webhook_secrets
         self.timeout = (connect_timeout, read_timeout)
         self.total_budget = total_budget
-        self._helpers: set[threading.Thread] = set()  # calls under way, abandoned ones included
         retry = _BudgetedRetry(
             total=retries,
             connect=retries,
@@ -139,7 +242,7 @@ class SandboxGateway:
         settings = self.http.merge_environment_settings(self.base_url, {}, None, None, None)
         self.http.proxies, self.http.verify = settings["proxies"], settings["verify"]
         self.http.trust_env = False
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=64)
+        adapter = _BudgetedAdapter(max_retries=retry, pool_connections=4, pool_maxsize=64)
         self.http.mount("http://", adapter)
         self.http.mount("https://", adapter)
 
@@ -159,10 +262,8 @@ class SandboxGateway:
     # -- outgoing calls -------------------------------------------------------------------
 
     def wait_for_calls(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for calls under way to end, abandoned ones too (shutdown, tests)."""
-        end = time.monotonic() + timeout
-        for helper in list(self._helpers):
-            helper.join(max(0.0, end - time.monotonic()))
+        """Wait up to ``timeout`` for calls under way to end (shutdown, tests): none outlives its
+        caller, who waits at most the budget, so there is nothing left to wait for."""
 
     def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs) -> requests.Response:
         operation = path.strip("/").split("/")[0] or "root"
@@ -178,45 +279,23 @@ class SandboxGateway:
         finally:
             GATEWAY_SECONDS.labels(operation, result).observe(time.perf_counter() - started)
 
-    def _request(self, deadline: float, method: str, url: str, kwargs: dict) -> requests.Response:
-        """One call with its retries, on a helper thread; the whole body is read here."""
-        _this_call.deadline = deadline
-        try:
-            if _budget_spent():  # its caller has stopped waiting: send nothing
-                raise requests.exceptions.Timeout("the call's time budget was spent before it started")
-            # Redirects are not followed: a POST answered 303 may have been acted on, and
-            # following it to a page that answers 404 would read as a refusal of the POST.
-            return self.http.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
-        finally:
-            _this_call.deadline = None
-
     def _send(self, method: str, path: str, ok: tuple[int, ...], **kwargs) -> requests.Response:
         url = f"{self.base_url}{path}"
         deadline = time.monotonic() + self.total_budget
-        call: Future = Future()
-
-        def run() -> None:
-            call.set_running_or_notify_cancel()
-            try:
-                call.set_result(self._request(deadline, method, url, kwargs))
-            except BaseException as exc:  # handed to the caller, who decides
-                call.set_exception(exc)
-            finally:
-                self._helpers.discard(threading.current_thread())
-
-        # A thread per call, not a pool: no cap that slow calls could fill, and a daemon, so an
-        # abandoned call (still reading a dripped answer) never holds the process at exit.
-        helper = threading.Thread(target=run, name="gateway-call", daemon=True)
-        self._helpers.add(helper)
-        helper.start()
+        _this_call.deadline = deadline  # read by _Budgeted connections and by the retry policy
         try:
-            response = call.result(timeout=max(0.0, deadline - time.monotonic()))
-        except WaitedTooLong:
-            log.warning("gateway %s %s gave no complete answer within %.0f s", method, path, self.total_budget)
-            raise GatewayNoAnswer(f"gateway gave no complete answer within {self.total_budget:.0f} s") from None
+            # Redirects are not followed: a POST answered 303 may have been acted on, and
+            # following it to a page that answers 404 would read as a refusal of the POST.
+            # The whole body is read here (not streamed), within the deadline.
+            response = self.http.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
+            if time.monotonic() >= deadline:
+                log.warning("gateway %s %s gave no complete answer within %.0f s", method, path, self.total_budget)
+                raise GatewayNoAnswer(f"gateway gave no complete answer within {self.total_budget:.0f} s") from None
             log.warning("gateway %s %s unreachable: %s", method, path, type(exc).__name__)
             raise GatewayNoAnswer(f"gateway unreachable: {type(exc).__name__}") from exc
+        finally:
+            _this_call.deadline = None
         if response.status_code in ok:
             return response
         if response.status_code in RETRIED_STATUSES:

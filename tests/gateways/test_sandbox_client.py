@@ -1,5 +1,8 @@
 """The sandbox adapter's parsing of gateway answers (contract section 4)."""
 
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -105,9 +108,16 @@ class DripGateway(LoopbackServer):
         self.body, self.every, self.drip_head = body, every, drip_head
         self.requests = 0
         self.answered = threading.Event()  # set when one whole answer has been sent
+        self.ended = threading.Event()  # set when the server is done with a connection, answered or not
         super().__init__()
 
     def handle(self, conn):
+        try:
+            self._answer(conn)
+        finally:
+            self.ended.set()
+
+    def _answer(self, conn):
         with conn:
             received = b""
             while b"\r\n\r\n" not in received:
@@ -143,8 +153,10 @@ def test_a_call_past_its_budget_makes_no_further_attempt(drip):
     gw = SandboxGateway(server.url, "sk_test", ["whsec_c2VjcmV0"], read_timeout=2.0, backoff=0.0, total_budget=1.0)
     with pytest.raises(GatewayUnavailable):
         gw.fetch_status("txn_1")
-    gw.wait_for_calls(30)  # the abandoned call has finished reading its answer
-    assert server.answered.wait(10) and server.requests == 1  # the server notes its last byte a moment later
+    gw.wait_for_calls(30)
+    assert server.ended.wait(10)  # the answer was sent whole, or the client hung up on it
+    time.sleep(0.5)  # time for a further attempt to arrive, were one made
+    assert server.requests == 1
 
 
 def test_an_abandoned_call_does_not_hold_the_process_at_exit(drip):
@@ -158,6 +170,87 @@ def test_an_abandoned_call_does_not_hold_the_process_at_exit(drip):
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "gave up", done.stderr
     assert not server.answered.is_set()  # the process ended while the answer was still coming
+
+
+class TLSDripGateway(DripGateway):
+    """DripGateway over TLS (a self-signed certificate for 127.0.0.1): each dripped byte is a TLS record.
+    With ``drip_handshake`` its side of the TLS handshake comes a byte at a time too."""
+
+    def __init__(self, cert: Path, key: Path, *args, drip_handshake: bool = False, **kwargs):
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(cert, key)
+        self.drip_handshake = drip_handshake
+        super().__init__(*args, **kwargs)
+        self.url = self.url.replace("http://", "https://", 1)
+
+    def _answer(self, conn):
+        if self.drip_handshake:  # TLS on one end of a socket pair, relayed to the client
+            client, (conn, relay) = conn, socket.socketpair()
+            threading.Thread(target=self._relay, args=(client, relay, 0.0), daemon=True).start()
+            threading.Thread(target=self._relay, args=(relay, client, self.every), daemon=True).start()
+        try:
+            conn = self.tls.wrap_socket(conn, server_side=True)
+        except OSError:
+            conn.close()
+            return
+        super()._answer(conn)
+
+    @staticmethod
+    def _relay(source, sink, every):
+        try:
+            while data := source.recv(65536):
+                for part in [data[i:i + 1] for i in range(len(data))] if every else [data]:
+                    time.sleep(every)
+                    sink.sendall(part)
+        except OSError:
+            pass
+        sink.close()
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.parametrize("dripped", ["body", "head", "handshake"])
+def test_an_https_answer_sent_a_byte_at_a_time_ends_at_the_budget(self_signed, monkeypatch, dripped):
+    """The same over TLS (the body, or the status line and headers too, or the TLS handshake), with the
+    gateway's certificate trusted the way the environment says."""
+    cert, key = self_signed
+    body = b'{"transaction_id": "txn_1", "status": "success", "amount": 1999, "currency": "USD"}'
+    server = TLSDripGateway(cert, key, 200, body, every=0.2, drip_head=dripped == "head",
+                            drip_handshake=dripped == "handshake")  # 17 s or more
+    try:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        gw = SandboxGateway(server.url, "sk_test", ["whsec_c2VjcmV0"], read_timeout=2.0, backoff=0.0,
+                            total_budget=1.0)
+        started = time.monotonic()
+        with pytest.raises(GatewayUnavailable, match="no complete answer within 1 s"):
+            gw.fetch_status("txn_1")
+        assert time.monotonic() - started < 1.5
+        assert server.requests == (0 if dripped == "handshake" else 1) and not server.answered.is_set()
+    finally:
+        server.close()
+
+
+@responses.activate
+def test_a_call_is_made_on_the_caller_s_thread(gw):
+    """No thread per call (its handoff costs CPU on every call): the deadline is kept on the socket."""
+    threads = []
+
+    def answer(request):
+        threads.append(threading.current_thread())
+        return 200, {}, '{"transaction_id": "txn_1", "status": "success", "amount": 1999, "currency": "USD"}'
+
+    responses.add_callback(responses.GET, f"{BASE}/status/txn_1", callback=answer)
+    assert gw.fetch_status("txn_1").amount == 1999
+    assert threads == [threading.current_thread()]
 
 
 @responses.activate
