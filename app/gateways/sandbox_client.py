@@ -162,10 +162,20 @@ class _BudgetedAdapter(HTTPAdapter):
 
 class _BudgetedRetry(Retry):
     """urllib3's retry policy, which also gives up once the call's time budget is spent: when
-    counting a failed attempt, and again after reading its answer and backing off."""
+    counting a failed attempt (or when the backoff before the next one would outlast the budget:
+    it is not slept, and the call ends as that attempt did), and again after backing off."""
+
+    def get_backoff_time(self) -> float:
+        # Drawn once per policy (each attempt's is new), so the backoff checked is the one slept.
+        if "_backoff" not in self.__dict__:
+            self.__dict__["_backoff"] = super().get_backoff_time()
+        return self.__dict__["_backoff"]
 
     def is_exhausted(self) -> bool:
-        return super().is_exhausted() or _budget_spent()
+        deadline = getattr(_this_call, "deadline", None)
+        if deadline is not None and time.monotonic() + self.get_backoff_time() >= deadline:
+            return True
+        return super().is_exhausted()
 
     def sleep(self, response=None) -> None:
         super().sleep(response)

@@ -78,6 +78,20 @@ def _gateway(url: str, **kwargs) -> SandboxGateway:
 # -- (1), (4) backoff between retries --------------------------------------------------------------
 
 
+def test_a_backoff_that_would_outlast_the_budget_is_not_slept(request):
+    """503s answered at once, a backoff of 2 s or more before the third attempt, a 1 s budget: the call
+    ends within its budget (as the 503 it was last answered), without sleeping past it."""
+    server = ScriptedGateway(lambda path, number: (0.0, _answer(503, b'{"error": "busy"}'), False))
+    request.addfinalizer(server.server.close)
+    gw = _gateway(server.url, backoff=1.0)
+    started = time.monotonic()
+    with pytest.raises(GatewayUnavailable) as raised:
+        gw.fetch_status("txn_1")
+    assert time.monotonic() - started < 1.3  # it slept 2 s or more, then gave up as "no complete answer"
+    assert str(raised.value) == "gateway answered 503 after retries"
+    assert len(server.seen) == 2  # the third attempt could not have begun within the budget
+
+
 def test_a_retry_after_header_is_not_waited_for(request):
     server = ScriptedGateway(lambda path, number: (0.0, _answer(503, b"{}", extra="Retry-After: 3600\r\n"), False))
     request.addfinalizer(server.server.close)
