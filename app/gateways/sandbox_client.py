@@ -13,16 +13,20 @@ TLS handshake (which Python bounds as a whole by the socket's timeout), each wri
 request and each socket read of the answer (status line, headers and body all come through
 one reader, over a plain or a TLS socket). Once no time is left a step fails with a timeout,
 its connection is closed, and the retry policy gives up too: no further attempt. No thread is
-left behind to hold the process at exit. Not cut: name resolution (getaddrinfo keeps to the
+left behind to hold the process at exit. Under gevent, whose TLS waits (handshake, reads of a
+record) each get the socket's whole timeout where CPython's share one deadline, the call also runs
+under a gevent.Timeout at its deadline. Not cut: name resolution (getaddrinfo keeps to the
 resolver's own timeouts), and the inner TLS reads through an HTTPS proxy (TLS in TLS).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import io
 import logging
+import sys
 import threading
 import time
 from typing import Any, Mapping
@@ -75,6 +79,17 @@ def _within_budget(timeout: float | None) -> float | None:
     if left <= 0:
         raise TimeoutError("the call's time budget is spent")
     return left if timeout is None else min(timeout, left)
+
+
+def _green_deadline(deadline: float):
+    """Under gevent, a gevent.Timeout raising a socket timeout just past ``deadline``; else nothing."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
+        return contextlib.nullcontext()
+    import gevent
+
+    left = deadline - time.monotonic() + 0.005  # past it, so the retry policy sees the budget spent
+    return gevent.Timeout(max(left, 0.005), TimeoutError("the call's time budget is spent"))
 
 
 class _BudgetedReads(io.RawIOBase):
@@ -297,8 +312,9 @@ class SandboxGateway:
             # Redirects are not followed: a POST answered 303 may have been acted on, and
             # following it to a page that answers 404 would read as a refusal of the POST.
             # The whole body is read here (not streamed), within the deadline.
-            response = self.http.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
-        except requests.RequestException as exc:
+            with _green_deadline(deadline):
+                response = self.http.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
+        except (requests.RequestException, TimeoutError) as exc:  # TimeoutError: _green_deadline's, anywhere
             if time.monotonic() >= deadline:
                 log.warning("gateway %s %s gave no complete answer within %.0f s", method, path, self.total_budget)
                 raise GatewayNoAnswer(f"gateway gave no complete answer within {self.total_budget:.0f} s") from None

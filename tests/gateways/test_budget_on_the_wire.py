@@ -217,6 +217,19 @@ def test_under_gevent_a_dripped_answer_ends_at_the_budget_while_other_greenlets_
     assert _run_under_gevent(server.url, quick.url) < 1.5
 
 
+@pytest.mark.parametrize("dripped", ["head", "handshake"])
+def test_under_gevent_a_dripped_https_answer_ends_at_the_budget(self_signed, dripped):  # noqa: F811
+    """gevent's TLS waits each get the socket's whole timeout (CPython's share one deadline): a
+    handshake dripped a byte at a time would take minutes."""
+    cert, key = self_signed
+    server = TLSDripGateway(cert, key, 200, STATUS, every=0.2, drip_head=dripped == "head",
+                            drip_handshake=dripped == "handshake")
+    try:
+        assert _run_under_gevent(server.url, REQUESTS_CA_BUNDLE=str(cert)) < 1.5
+    finally:
+        server.close()
+
+
 # -- (6) through an HTTP proxy ----------------------------------------------------------------------
 
 
