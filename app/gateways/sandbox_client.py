@@ -8,15 +8,16 @@ A call, retries included, is over within its time budget (``GATEWAY_TOTAL_BUDGET
 whatever the gateway does. A timeout bounds each socket read, not an answer sent one byte at a
 time, so the call, made on the caller's thread, keeps its deadline in ``_this_call`` and the
 connections of this adapter's pools (``_Budgeted``: http and https, direct or through an HTTP
-proxy) cut each blocking step to min(its configured timeout, the time left): the connect, the
-TLS handshake (which Python bounds as a whole by the socket's timeout), each write of the
-request and each socket read of the answer (status line, headers and body all come through
-one reader, over a plain or a TLS socket). Once no time is left a step fails with a timeout,
-its connection is closed, and the retry policy gives up too: no further attempt. No thread is
-left behind to hold the process at exit. Under gevent, whose TLS waits (handshake, reads of a
-record) each get the socket's whole timeout where CPython's share one deadline, the call also runs
-under a gevent.Timeout at its deadline. Not cut: name resolution (getaddrinfo keeps to the
-resolver's own timeouts), and the inner TLS reads through an HTTPS proxy (TLS in TLS).
+proxy) cut each blocking step to min(its configured timeout, the time left): the connect (to
+each address the name resolves to, in turn), the TLS handshake (which Python bounds as a whole
+by the socket's timeout), each write of the request and each socket read of the answer (status
+line, headers and body all come through one reader, over a plain or a TLS socket). Once no time
+is left a step fails with a timeout, its connection is closed, and the retry policy gives up
+too: no further attempt. No thread is left behind to hold the process at exit. Under gevent,
+whose TLS waits (handshake, reads of a record) each get the socket's whole timeout where
+CPython's share one deadline, the call also runs under a gevent.Timeout at its deadline. Not
+cut: name resolution (getaddrinfo keeps to the resolver's own timeouts), and the inner TLS reads
+through an HTTPS proxy (TLS in TLS).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import hashlib
 import http.client
 import io
 import logging
+import socket
 import sys
 import threading
 import time
@@ -36,7 +38,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError,
+                                ResponseError)
+from urllib3.util.connection import allowed_gai_family
 from urllib3.util.retry import Retry
 
 from app import bounded_json
@@ -127,8 +131,28 @@ class _Budgeted:
     timeout: Any
 
     def _new_conn(self):
-        self.timeout = _within_budget(self.timeout)  # the connect timeout
-        sock = super()._new_conn()
+        if getattr(_this_call, "deadline", None) is None:
+            return super()._new_conn()
+        # urllib3 gives each address the name resolves to the whole connect timeout, one after
+        # another: here each is tried with min(the connect timeout, the time left) when its turn comes.
+        try:
+            addresses = socket.getaddrinfo(self._dns_host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        if not addresses:
+            return super()._new_conn()  # urllib3's error for that
+        name, timeout = self._dns_host, self.timeout  # the connect timeout
+        try:
+            for number, (*_, address) in enumerate(addresses, 1):
+                self._dns_host, self.timeout = address[0], _within_budget(timeout)
+                try:
+                    sock = super()._new_conn()
+                    break
+                except (ConnectTimeoutError, NewConnectionError):
+                    if number == len(addresses):
+                        raise
+        finally:
+            self._dns_host = name
         try:
             sock.settimeout(_within_budget(self.timeout))  # for the TLS handshake, or a CONNECT to a proxy
         except TimeoutError:

@@ -311,3 +311,29 @@ def test_through_an_http_proxy_a_dripped_https_answer_ends_at_the_budget(self_si
     finally:
         proxy.close()
         server.close()
+
+
+def test_a_name_with_two_addresses_that_never_connect_ends_at_the_budget(monkeypatch):
+    """The connect timeout is not the budget of each address a name resolves to: two addresses whose
+    connects hang (a full backlog) share the time left, as one would. (The resolver is stood in for,
+    by a name with two A records; the sockets are real.)"""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname())
+    real = socket.getaddrinfo
+
+    def two_records(host, *args, **kwargs):
+        found = real("127.0.0.1" if host == "gateway.twice.test" else host, *args, **kwargs)
+        return found * 2 if host == "gateway.twice.test" else found
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_records)
+    try:
+        gw = _gateway(f"http://gateway.twice.test:{listener.getsockname()[1]}", connect_timeout=2.0, retries=3)
+        started = time.monotonic()
+        with pytest.raises(GatewayNoAnswer, match="within 1 s"):
+            gw.fetch_status("txn_1")
+        assert time.monotonic() - started < 1.3  # was 2 s: each address given min(connect timeout, 1 s)
+    finally:
+        filler.close()
+        listener.close()
