@@ -15,9 +15,10 @@ line, headers and body all come through one reader, over a plain or a TLS socket
 is left a step fails with a timeout, its connection is closed, and the retry policy gives up
 too: no further attempt. No thread is left behind to hold the process at exit. Under gevent,
 whose TLS waits (handshake, reads of a record) each get the socket's whole timeout where
-CPython's share one deadline, the call also runs under a gevent.Timeout at its deadline. Not
-cut: name resolution (getaddrinfo keeps to the resolver's own timeouts), and the inner TLS reads
-through an HTTPS proxy (TLS in TLS).
+CPython's share one deadline, the call also runs under a gevent.Timeout at its deadline (which
+bounds gevent's cooperative name resolution too). Not cut without gevent: name resolution
+(getaddrinfo keeps to the resolver's own timeouts), and the inner TLS reads through an HTTPS
+proxy (TLS in TLS); nor through a SOCKS proxy.
 """
 
 from __future__ import annotations

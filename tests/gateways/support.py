@@ -25,3 +25,14 @@ class LoopbackServer:
 
     def handle(self, conn: socket.socket) -> None:
         raise NotImplementedError
+
+
+def read_head(conn: socket.socket) -> bytes | None:
+    """Read from ``conn`` until a request's head has come (with whatever followed it); None if it closed first."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        received += chunk
+    return received

@@ -14,7 +14,7 @@ import pytest
 
 from app.gateways.base import GatewayNoAnswer, GatewayUnavailable
 from app.gateways.sandbox_client import SandboxGateway
-from tests.gateways.support import LoopbackServer
+from tests.gateways.support import LoopbackServer, read_head
 from tests.gateways.test_sandbox_client import ROOT, TLSDripGateway, self_signed  # noqa: F401
 
 SECRET = ["whsec_c2VjcmV0"]
@@ -34,16 +34,6 @@ def _answer(status: int = 200, body: bytes = STATUS, *, close: bool = True, extr
             f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n").encode() + body
 
 
-def _read_head(conn: socket.socket) -> bytes | None:
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return None
-        received += chunk
-    return received
-
-
 class ScriptedGateway(LoopbackServer):
     """Serves each request with ``reply(path, connection_number)``: (delay, bytes, keep the connection)."""
 
@@ -57,7 +47,7 @@ class ScriptedGateway(LoopbackServer):
             self.connections += 1
             number = self.connections
         with conn:
-            while (head := _read_head(conn)) is not None:
+            while (head := read_head(conn)) is not None:
                 path = head.split(b" ", 2)[1].decode()
                 with self.lock:
                     self.seen.append((number, path))
@@ -242,7 +232,7 @@ class Proxy(LoopbackServer):
         super().__init__()
 
     def handle(self, conn: socket.socket) -> None:
-        head = _read_head(conn)
+        head = read_head(conn)
         if head is None:
             conn.close()
             return

@@ -20,7 +20,7 @@ from app.gateways.base import GatewayUnavailable, SessionRequest
 from app.gateways.registry import get_gateway
 from app.gateways.sandbox_client import SandboxGateway
 from tests.conftest import place_order, prepare_database
-from tests.gateways.support import LoopbackServer
+from tests.gateways.support import LoopbackServer, read_head
 
 SECRET = ["whsec_c2VjcmV0"]
 RETRIES = config.TestConfig.GATEWAY_RETRIES  # what the app is configured with
@@ -41,12 +41,9 @@ class WireGateway(LoopbackServer):
 
     @staticmethod
     def _read_request(conn: socket.socket) -> dict | None:
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return None
-            received += chunk
+        received = read_head(conn)
+        if received is None:
+            return None
         head, _, body = received.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
