@@ -11,6 +11,8 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
 from sqlalchemy.orm import DeclarativeBase
 
+from app.security import peer_ip
+
 
 class Base(DeclarativeBase):
     """Declarative base of every model of the app."""
@@ -28,14 +30,11 @@ def client_key() -> str:
     is routinely given a whole /64 and can send from any address in it, so counting single
     IPv6 addresses would give it 2**64 budgets (staff-login guesses without end)."""
     address = request.remote_addr or "127.0.0.1"
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    ip = peer_ip(address)
+    if ip is None:
         return address
     if ip.version == 4:
         return str(ip)
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
     return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 

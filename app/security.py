@@ -72,6 +72,18 @@ def init_app(app: Flask) -> None:
         app.wsgi_app = TrustedProxyFix(app.wsgi_app, trusted_proxies(app.config["FORWARDED_ALLOW_IPS"]), hops)
 
 
+def peer_ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address as an IP (an IPv6 zone dropped, an IPv4-mapped IPv6 address as its IPv4
+    one), or None when it is not an IP address (a unix socket's peer, or other text)."""
+    try:
+        ip = ipaddress.ip_address((address or "").split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def trusted_proxies(setting: str | None) -> list | None:
     """FORWARDED_ALLOW_IPS as gunicorn reads it: comma-separated addresses or networks, ``*``
     for any peer (None here)."""
@@ -103,12 +115,9 @@ class TrustedProxyFix:
     def _from_proxy(self, remote_addr: str | None) -> bool:
         if self.trusted is None:
             return True
-        try:
-            peer = ipaddress.ip_address((remote_addr or "").split("%", 1)[0])
-        except ValueError:
+        peer = peer_ip(remote_addr)
+        if peer is None:
             return True  # not an IP peer: a unix socket, which only a local proxy can reach
-        if peer.version == 6 and peer.ipv4_mapped is not None:
-            peer = peer.ipv4_mapped
         return any(peer in network for network in self.trusted)
 
     def __call__(self, environ, start_response):
