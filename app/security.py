@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from urllib.parse import urlsplit
 
 from flask import Flask, request
@@ -10,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import ConfigurationError
 
+log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 
@@ -91,7 +93,8 @@ def trusted_proxies(setting: str | None) -> list | None:
     if "*" in entries:
         return None
     try:
-        return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+        # A network with host bits set (10.1.2.3/16) is refused, as gunicorn refuses it.
+        return [ipaddress.ip_network(entry) for entry in entries]
     except ValueError:
         raise ConfigurationError(f"configuration error: FORWARDED_ALLOW_IPS must be addresses or networks "
                                  f"separated by commas, or *, got {setting!r}.") from None
@@ -111,6 +114,7 @@ class TrustedProxyFix:
         self.wsgi_app = wsgi_app
         self.trusted = trusted
         self.fixed = ProxyFix(wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+        self.warned = False
 
     def _from_proxy(self, remote_addr: str | None) -> bool:
         if self.trusted is None:
@@ -123,4 +127,10 @@ class TrustedProxyFix:
     def __call__(self, environ, start_response):
         if self._from_proxy(environ.get("REMOTE_ADDR")):
             return self.fixed(environ, start_response)
+        if not self.warned and "HTTP_X_FORWARDED_FOR" in environ:
+            # Once per process: a proxy missing from FORWARDED_ALLOW_IPS makes every client count
+            # as the proxy's one address (site-wide rate limits), which should not pass unnoticed.
+            self.warned = True
+            log.warning("X-Forwarded-For from %s ignored: that peer is not in FORWARDED_ALLOW_IPS; if it is "
+                        "your proxy, add it there, or every client counts as its address", environ.get("REMOTE_ADDR"))
         return self.wsgi_app(environ, start_response)

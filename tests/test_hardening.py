@@ -297,8 +297,24 @@ def test_forwarded_allow_ips_star_trusts_any_peer_and_nonsense_refuses_to_start(
     response = app.test_client().get("/healthz", headers={"X-Forwarded-Proto": "https"},
                                      environ_base={"REMOTE_ADDR": "203.0.113.7"})
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
-    with pytest.raises(ConfigurationError, match="FORWARDED_ALLOW_IPS"):
-        make_app(PROXY_FIX_HOPS=1, FORWARDED_ALLOW_IPS="proxy.internal")
+    for nonsense in ("proxy.internal", "10.1.2.3/16"):  # a name; a network with host bits set, as gunicorn
+        with pytest.raises(ConfigurationError, match="FORWARDED_ALLOW_IPS"):
+            make_app(PROXY_FIX_HOPS=1, FORWARDED_ALLOW_IPS=nonsense)
+
+
+def test_x_forwarded_for_from_an_unlisted_peer_is_reported_once(make_app, caplog):
+    """A proxy left out of FORWARDED_ALLOW_IPS makes every client count as its address: said in
+    the log, once per process, not on every request."""
+    app = make_app(PROXY_FIX_HOPS=1, FORWARDED_ALLOW_IPS="127.0.0.1")
+    client = app.test_client()
+    with caplog.at_level("WARNING", logger="app.security"):
+        client.get("/healthz", environ_base={"REMOTE_ADDR": "10.0.0.9"})  # no header: nothing to say
+        assert not caplog.records
+        for _ in range(3):
+            client.get("/healthz", headers={"X-Forwarded-For": "198.51.100.1"},
+                       environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    [record] = caplog.records
+    assert "10.0.0.9" in record.getMessage() and "FORWARDED_ALLOW_IPS" in record.getMessage()
 
 
 def test_an_ipv6_client_cannot_escape_the_login_limit_by_changing_address_in_its_64(make_app, database_url):
