@@ -25,7 +25,7 @@ from app.models import Order, OrderStatus, Transaction
 from app.models.clock import find_by_id, utcnow
 from app.services import timeline
 from app.services.errors import ServiceError
-from app.services.payments import get_transaction, initiate_payment, overdue_at
+from app.services.payments import get_transaction, initiate_payment, open_payment
 from app.services.gateway_reports import apply_gateway_answer, close_session
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,9 @@ def start_payment(order_id: str) -> dict:
     return body
 
 
-def payment_in_progress(order_id: str) -> Transaction | None:
-    """The order's newest pending, unexpired transaction, if any (the same rule as initiation's reuse)."""
-    now = utcnow()
-    return db.session.scalar(
-        select(Transaction)
-        .where(Transaction.order_id == order_id, Transaction.status == Status.PENDING.value,
-               Transaction.expires_at > now, Transaction.created_at > overdue_at(now))
-        .order_by(Transaction.created_at.desc())
-        .limit(1)
-    )
+def payment_in_progress(order_id: str):
+    """The order's payment in progress (the one initiation would hand out again), if any."""
+    return open_payment(order_id, utcnow())
 
 
 def cancel_payment(transaction_id: str) -> Status:

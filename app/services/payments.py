@@ -68,10 +68,13 @@ _LOCK_ORDER = (
 )
 _PAYMENT_COLUMNS = (_transactions.c.id, _transactions.c.order_id, _transactions.c.amount, _transactions.c.currency,
                     _transactions.c.status, _transactions.c.expires_at, _transactions.c.payment_url)
-_OPEN_PAYMENT = (  # unexpired by both clocks: the gateway's expires_at and today's window
+# Handed out again while its gateway session is open (expires_at ahead), even when a lowered
+# PAYMENT_EXPIRES_AFTER has made it overdue: a second session beside a live one could be paid
+# twice, and the next reconciliation pass closes the overdue one anyway.
+_OPEN_PAYMENT = (
     select(*_PAYMENT_COLUMNS)
     .where(_transactions.c.order_id == bindparam("order_id"), _transactions.c.status == Status.PENDING.value,
-           _transactions.c.expires_at > bindparam("now"), _transactions.c.created_at > bindparam("overdue_at"))
+           _transactions.c.expires_at > bindparam("now"))
     .order_by(_transactions.c.created_at.desc())
     .limit(1)
 )
@@ -146,6 +149,13 @@ def _open_session(tx: _Payment) -> _Payment:
     return replace(tx, payment_url=session.payment_url)
 
 
+def open_payment(order_id: str, now: datetime) -> _Payment | None:
+    """The order's newest pending payment whose gateway session is still open, if any: the one
+    initiation hands out again (contract section 3) and the checkout page offers to follow."""
+    row = db.session.connection().execute(_OPEN_PAYMENT, {"order_id": order_id, "now": now}).first()
+    return _Payment(*row) if row is not None else None
+
+
 def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dict]:
     now = utcnow()
     connection = db.session.connection()
@@ -160,8 +170,8 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
     if order.status != OrderStatus.OPEN.value:
         db.session.rollback()
         raise ServiceError(409, "order_already_paid", "This order is already paid.")
-    row = connection.execute(_OPEN_PAYMENT, {"order_id": order_id, "now": now, "overdue_at": overdue_at(now)}).first()
-    created = row is None
+    existing = open_payment(order_id, now)
+    created = existing is None
     if created:
         tx = _Payment(public_id("txn"), order_id, order.total, order.currency, Status.PENDING.value,
                       now + timedelta(seconds=current_app.config["PAYMENT_EXPIRES_AFTER"]), None)
@@ -175,7 +185,7 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
                         detail={"amount": tx.amount, "currency": tx.currency})
         log.info("txn=%s created for order=%s amount=%s %s", tx.id, order_id, tx.amount, tx.currency)
     else:
-        tx = _Payment(*row)
+        tx = existing
     db.session.commit()  # the pending transaction exists before the gateway is called
     if created:
         from app.realtime import notify_ops_only  # realtime imports services; keep the cycle lazy
