@@ -140,8 +140,6 @@ class _Budgeted:
             addresses = socket.getaddrinfo(self._dns_host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise NameResolutionError(self.host, self, exc) from exc
-        if not addresses:
-            return super()._new_conn()  # urllib3's error for that
         name, timeout = self._dns_host, self.timeout  # the connect timeout
         try:
             for number, (*_, address) in enumerate(addresses, 1):
@@ -153,7 +151,7 @@ class _Budgeted:
                     if number == len(addresses):
                         raise
         finally:
-            self._dns_host = name
+            self._dns_host, self.timeout = name, timeout
         try:
             sock.settimeout(_within_budget(self.timeout))  # for the TLS handshake, or a CONNECT to a proxy
         except TimeoutError:
@@ -310,10 +308,6 @@ class SandboxGateway:
         )
 
     # -- outgoing calls -------------------------------------------------------------------
-
-    def wait_for_calls(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for calls under way to end (shutdown, tests): none outlives its
-        caller, who waits at most the budget, so there is nothing left to wait for."""
 
     def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs) -> requests.Response:
         operation = path.strip("/").split("/")[0] or "root"

@@ -130,7 +130,6 @@ def test_each_failed_attempt_is_retried_on_the_wire_with_the_same_key(wire, mode
     gw = client_for(server, retries=3)
     with pytest.raises(GatewayUnavailable):
         gw.create_session(session_request("txn_wire_1"))
-    gw.wait_for_calls(30)
     seen = server.wait_for(4)
     assert len(seen) == 4  # the first attempt and three retries, no more
     _assert_every_attempt_carried(seen, "txn_wire_1")
@@ -170,8 +169,6 @@ def test_initiate_payment_retries_on_the_wire_then_answers_502(app_on, wire, mod
     body = response.get_json()
     assert body["error"] == "gateway_unavailable" and body["message"]
     tx_id = body["transaction_id"]
-    with app.app_context():
-        get_gateway().wait_for_calls(30)
     seen = server.wait_for(1 + RETRIES)
     assert len(seen) == 1 + RETRIES
     _assert_every_attempt_carried(seen, tx_id)
