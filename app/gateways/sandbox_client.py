@@ -8,17 +8,17 @@ A call, retries included, is over within its time budget (``GATEWAY_TOTAL_BUDGET
 whatever the gateway does. A timeout bounds each socket read, not an answer sent one byte at a
 time, so the call, made on the caller's thread, keeps its deadline in ``_this_call`` and the
 connections of this adapter's pools (``_Budgeted``: http and https, direct or through an HTTP
-proxy) cut each blocking step to min(its configured timeout, the time left): the connect (to
-each address the name resolves to, in turn), the TLS handshake (which Python bounds as a whole
+proxy) cut each blocking step to min(its configured timeout, the time left): the name lookup
+of a new connection (on a helper thread, abandoned when the resolver takes longer), the connect
+(to each address the name resolves to, in turn), the TLS handshake (which Python bounds as a whole
 by the socket's timeout), each write of the request and each socket read of the answer (status
 line, headers and body all come through one reader, over a plain or a TLS socket). Once no time
 is left a step fails with a timeout, its connection is closed, and the retry policy gives up
-too: no further attempt. No thread is left behind to hold the process at exit. Under gevent,
+too: no further attempt. Nothing left behind holds the process at exit. Under gevent,
 whose TLS waits (handshake, reads of a record) each get the socket's whole timeout where
 CPython's share one deadline, the call also runs under a gevent.Timeout at its deadline (which
-bounds gevent's cooperative name resolution too). Not cut without gevent: name resolution
-(getaddrinfo keeps to the resolver's own timeouts), and the inner TLS reads through an HTTPS
-proxy (TLS in TLS); nor through a SOCKS proxy.
+covers everything). Not cut without gevent: the inner TLS reads through an HTTPS proxy (TLS in
+TLS), and anything through a SOCKS proxy.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ import contextlib
 import hashlib
 import http.client
 import io
+import ipaddress
 import logging
 import socket
 import sys
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -97,6 +100,31 @@ def _green_deadline(deadline: float):
     return gevent.Timeout(max(left, 0.005), TimeoutError("the call's time budget is spent"))
 
 
+def _resolve(host: str, port: int) -> list:
+    """getaddrinfo for a connection this thread's call opens, waited for at most the time its budget
+    has left. A name's lookup runs on a helper thread, abandoned (a daemon) if the resolver takes
+    longer: only when a connection is opened, which pooled keep-alive connections make rare."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:  # an address needs no lookup
+        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    lookup: Future = Future()
+
+    def run() -> None:
+        try:
+            lookup.set_result(socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the caller
+            lookup.set_exception(exc)
+
+    threading.Thread(target=run, name="gateway-lookup", daemon=True).start()
+    try:
+        return lookup.result(timeout=_within_budget(None))
+    except FutureTimeout:
+        raise TimeoutError(f"the call's time budget was spent looking up {host}") from None
+
+
 class _BudgetedReads(io.RawIOBase):
     """The socket reads of one answer, each waiting at most until the call's deadline."""
 
@@ -137,7 +165,7 @@ class _Budgeted:
         # urllib3 gives each address the name resolves to the whole connect timeout, one after
         # another: here each is tried with min(the connect timeout, the time left) when its turn comes.
         try:
-            addresses = socket.getaddrinfo(self._dns_host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
+            addresses = _resolve(self._dns_host, self.port)
         except socket.gaierror as exc:
             raise NameResolutionError(self.host, self, exc) from exc
         name, timeout = self._dns_host, self.timeout  # the connect timeout

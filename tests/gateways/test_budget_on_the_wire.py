@@ -327,3 +327,23 @@ def test_a_name_with_two_addresses_that_never_connect_ends_at_the_budget(monkeyp
     finally:
         filler.close()
         listener.close()
+
+
+def test_a_name_lookup_that_outlasts_the_budget_ends_the_call_at_the_budget(monkeypatch):
+    """A resolver that does not answer (its own timeouts run to many seconds) does not hold the call
+    past its budget: the lookup is waited for only as long as the budget has left. (The resolver is
+    stood in for by one that answers after 3 s.)"""
+    real = socket.getaddrinfo
+
+    def slow_resolver(host, *args, **kwargs):
+        if host == "gateway.slow-dns.test":
+            time.sleep(3)
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_resolver)
+    gw = _gateway("http://gateway.slow-dns.test:9", retries=3)
+    started = time.monotonic()
+    with pytest.raises(GatewayNoAnswer, match="within 1 s"):
+        gw.fetch_status("txn_1")
+    assert time.monotonic() - started < 1.3  # not the 3 s the lookup takes
