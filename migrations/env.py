@@ -107,6 +107,9 @@ def run_migrations_online():
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
+            # each migration in a transaction of its own, so that one building an index
+            # CONCURRENTLY (outside any transaction) does not commit the ones before it half-way
+            transaction_per_migration=True,
             **conf_args
         )
 

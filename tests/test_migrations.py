@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -104,3 +105,49 @@ def test_downgrade_and_upgrade_again_with_rows_in_place(empty_database):
                                   "SELECT count(*) FROM transaction_events WHERE transaction_id = 'txn_kept'")
     assert diff == [], f"models and migrations differ after going down and up: {diff}"
     assert kept == 1
+
+
+# The indexes later migrations add to tables a live shop writes all the time.
+LATER_INDEXES = [("0001", "0002", "transactions"), ("0008", "0009", "transactions"), ("0009", "0010", "orders")]
+
+_NEW_ORDER = ("INSERT INTO orders (id, status, total, currency, access_code, fulfillment_attempts, created_at, "
+              "updated_at) VALUES (:id, 'open', 1999, 'USD', 'CODE', 0, now(), now())")
+
+
+@pytest.mark.parametrize(("before", "revision", "table"), LATER_INDEXES)
+def test_an_index_added_to_a_busy_table_does_not_stop_its_writes(empty_database, before, revision, table):
+    """On PostgreSQL such an index is built CONCURRENTLY: a plain CREATE INDEX queues for a lock that
+    holds every new write to the table back until the build ends (here, until a transaction already
+    writing the table ends; on a big table, for as long as the build takes). A new order (or
+    payment) must still be written meanwhile."""
+    if not empty_database.startswith("postgresql"):
+        pytest.skip("SQLite has no concurrent index build: it serialises every write anyway")
+    _flask_db(empty_database, "upgrade", before)
+    engine = sa.create_engine(empty_database)
+    # the other connection in autocommit: its statistics fresh on each look, and no transaction of
+    # its own for the build to wait for
+    writing, other = engine.connect(), engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        writing.execute(sa.text(_NEW_ORDER), {"id": "ord_open_transaction"})  # left uncommitted
+        if table == "transactions":
+            writing.execute(sa.text("UPDATE transactions SET updated_at = now()"))
+        env = {**os.environ, "DATABASE_URL": empty_database, "SCHEDULER_ENABLED": "0"}
+        migration = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade", revision],
+                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while other.scalar(sa.text(  # the build has started and is waiting for the open transaction
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query ILIKE 'CREATE%INDEX%' AND wait_event_type IS NOT NULL")) == 0:
+            assert migration.poll() is None and time.monotonic() < deadline, migration.communicate()
+            time.sleep(0.05)
+        other.execute(sa.text("SET lock_timeout = '3s'"))
+        other.execute(sa.text(_NEW_ORDER), {"id": "ord_during_the_build"})  # LockNotAvailable if held back
+        writing.commit()
+        _, errors = migration.communicate(timeout=60)
+        assert migration.returncode == 0, errors
+    finally:
+        writing.close()
+        other.close()
+        engine.dispose()
+    _, invalid = _differences_and(empty_database, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+    assert invalid == 0

@@ -15,10 +15,12 @@ WAITING = sa.text("refund_reported IS NOT NULL")
 
 
 def upgrade():
-    # Partial: only the few payments with a refund remembered are in it.
-    op.create_index("ix_transactions_refund_reported", "transactions", ["refund_reported"],
-                    postgresql_where=WAITING, sqlite_where=WAITING)
+    # Partial: only the few payments with a refund remembered are in it. CONCURRENTLY: see 0002.
+    with op.get_context().autocommit_block():
+        op.create_index("ix_transactions_refund_reported", "transactions", ["refund_reported"],
+                        postgresql_where=WAITING, sqlite_where=WAITING, postgresql_concurrently=True)
 
 
 def downgrade():
-    op.drop_index("ix_transactions_refund_reported", table_name="transactions")
+    with op.get_context().autocommit_block():
+        op.drop_index("ix_transactions_refund_reported", table_name="transactions", postgresql_concurrently=True)
