@@ -127,6 +127,7 @@ def test_an_index_added_to_a_busy_table_does_not_stop_its_writes(empty_database,
     # the other connection in autocommit: its statistics fresh on each look, and no transaction of
     # its own for the build to wait for
     writing, other = engine.connect(), engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    migration = None
     try:
         writing.execute(sa.text(_NEW_ORDER), {"id": "ord_open_transaction"})  # left uncommitted
         if table == "transactions":
@@ -149,5 +150,8 @@ def test_an_index_added_to_a_busy_table_does_not_stop_its_writes(empty_database,
         writing.close()
         other.close()
         engine.dispose()
+        if migration is not None and migration.poll() is None:  # a failed test leaves no upgrade running
+            migration.kill()
+            migration.communicate()
     _, invalid = _differences_and(empty_database, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")
     assert invalid == 0
