@@ -16,7 +16,6 @@ from app.models import Order, Transaction
 from app.models.clock import utcnow
 from app.openapi import SPEC
 from app.services.fulfillment import awaiting_fulfillment
-from app.services.payments import overdue_at
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -99,7 +98,7 @@ def _state_counts() -> dict[str, int]:
     counts = {
         "checkout_pending_transactions": select(func.count()).select_from(Transaction).where(pending),
         "checkout_overdue_pending_transactions": select(func.count()).select_from(Transaction).where(
-            *claims.due_for_expiry(overdue_at(utcnow()))),
+            *claims.due_for_expiry(claims.overdue_at(utcnow()))),
         "checkout_transactions_needing_review": select(func.count()).select_from(Transaction).where(
             Transaction.needs_review.is_(True)),
         "checkout_orders_awaiting_fulfillment": select(func.count()).select_from(Order).where(

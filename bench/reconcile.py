@@ -235,10 +235,16 @@ def main() -> None:
               f"in {time.perf_counter() - started:.1f}s into {args.database}")
         paid = sum(succeeds(t, args.success_every) for t in due_ids)
 
-        with app.app_context():
-            started = time.perf_counter()
-            summary = run_pass()
-            pass_seconds = time.perf_counter() - started
+        def timed(run):
+            """``run()`` in an app context: its result and how long it took."""
+            with app.app_context():
+                started = time.perf_counter()
+                result = run()
+                seconds = time.perf_counter() - started
+                db.session.remove()
+            return result, seconds
+
+        summary, pass_seconds = timed(run_pass)
         print(f"reconcile pass:  {pass_seconds:7.3f}s  {summary.line()}")
         assert summary.due == args.due and summary.checked == args.due and summary.errors == 0, summary
         assert count_success(url, due_ids) == paid
@@ -247,19 +253,12 @@ def main() -> None:
         # database and gateway connections are open and its statements compiled. For information;
         # the target is judged on the first pass above.
         reset(url, due_ids, due_orders)
-        with app.app_context():
-            started = time.perf_counter()
-            again = run_pass()
-            warm_seconds = time.perf_counter() - started
+        again, warm_seconds = timed(run_pass)
         print(f"the pass again:  {warm_seconds:7.3f}s  (warm: connections open, statements compiled)")
         assert again.checked == args.due and again.errors == 0 and count_success(url, due_ids) == paid
 
         reset(url, due_ids, due_orders)
-        with app.app_context():
-            started = time.perf_counter()
-            checked, waiting = article_loop()
-            loop_seconds = time.perf_counter() - started
-            db.session.remove()
+        (checked, waiting), loop_seconds = timed(article_loop)
         print(f"article's loop:  {loop_seconds:7.3f}s  checked={checked} one by one "
               f"({waiting:.1f}s of it waiting on the gateway; {waiting / pass_seconds:.1f}x the pass)")
         assert checked == args.due and count_success(url, due_ids) == paid

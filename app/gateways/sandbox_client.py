@@ -42,8 +42,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError,
-                                ResponseError)
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.retry import Retry
 
@@ -72,18 +71,18 @@ RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 _this_call = threading.local()  # the deadline of the call the current thread is making
 
 
-def _budget_spent() -> bool:
+def _time_left() -> float | None:
+    """Seconds left in the budget of the call this thread is making (0 or less: spent); None outside a call."""
     deadline = getattr(_this_call, "deadline", None)
-    return deadline is not None and time.monotonic() >= deadline
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def _within_budget(timeout: float | None) -> float | None:
     """``timeout`` (a configured one) cut to the time left in this thread's call; a TimeoutError
     when none is left. Outside a call, ``timeout`` as it is."""
-    deadline = getattr(_this_call, "deadline", None)
-    if deadline is None:
+    left = _time_left()
+    if left is None:
         return timeout
-    left = deadline - time.monotonic()
     if left <= 0:
         raise TimeoutError("the call's time budget is spent")
     return left if timeout is None else min(timeout, left)
@@ -104,17 +103,20 @@ def _resolve(host: str, port: int) -> list:
     """getaddrinfo for a connection this thread's call opens, waited for at most the time its budget
     has left. A name's lookup runs on a helper thread, abandoned (a daemon) if the resolver takes
     longer: only when a connection is opened, which pooled keep-alive connections make rare."""
+    def look_up() -> list:
+        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+
     try:
         ipaddress.ip_address(host)
     except ValueError:
         pass
     else:  # an address needs no lookup
-        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+        return look_up()
     lookup: Future = Future()
 
     def run() -> None:
         try:
-            lookup.set_result(socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM))
+            lookup.set_result(look_up())
         except BaseException as exc:  # handed to the caller
             lookup.set_exception(exc)
 
@@ -160,7 +162,7 @@ class _Budgeted:
     timeout: Any
 
     def _new_conn(self):
-        if getattr(_this_call, "deadline", None) is None:
+        if _time_left() is None:
             return super()._new_conn()
         # urllib3 gives each address the name resolves to the whole connect timeout, one after
         # another: here each is tried with min(the connect timeout, the time left) when its turn comes.
@@ -227,9 +229,9 @@ class _BudgetedAdapter(HTTPAdapter):
 
 
 class _BudgetedRetry(Retry):
-    """urllib3's retry policy, which also gives up once the call's time budget is spent: when
-    counting a failed attempt (or when the backoff before the next one would outlast the budget:
-    it is not slept, and the call ends as that attempt did), and again after backing off."""
+    """urllib3's retry policy, which also gives up when the backoff before the next attempt would
+    outlast the call's time budget (or none is left): it is not slept, and the call ends as the
+    last attempt did. Retry-After is not followed, so the backoff checked is the one slept."""
 
     def get_backoff_time(self) -> float:
         # Drawn once per policy (each attempt's is new), so the backoff checked is the one slept.
@@ -238,15 +240,10 @@ class _BudgetedRetry(Retry):
         return self.__dict__["_backoff"]
 
     def is_exhausted(self) -> bool:
-        deadline = getattr(_this_call, "deadline", None)
-        if deadline is not None and time.monotonic() + self.get_backoff_time() >= deadline:
+        left = _time_left()
+        if left is not None and self.get_backoff_time() >= left:
             return True
         return super().is_exhausted()
-
-    def sleep(self, response=None) -> None:
-        super().sleep(response)
-        if _budget_spent():
-            raise MaxRetryError(None, "", ResponseError("the call's time budget is spent"))
 
 
 def _is_amount(value: Any) -> bool:

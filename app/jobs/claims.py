@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from flask import current_app
 from sqlalchemy import ColumnElement, DateTime, bindparam, case, null, or_, select, update
 
 from app.domain.status import Status
@@ -89,6 +90,16 @@ def due_for_check(now: datetime, check_cutoff: datetime, expire_cutoff: datetime
         or_(Transaction.created_at > expire_cutoff, Transaction.needs_review.is_(True)),
         or_(Transaction.next_check_at.is_(None), Transaction.next_check_at <= now),
     ]
+
+
+def overdue_at(now: datetime) -> datetime:
+    """A pending transaction created at or before this is overdue for expiry.
+
+    The window is PAYMENT_EXPIRES_AFTER as configured now (contract section 1: lowering it
+    applies to transactions already pending), so a payment can be overdue before the
+    ``expires_at`` its gateway session was opened with.
+    """
+    return now - timedelta(seconds=current_app.config["PAYMENT_EXPIRES_AFTER"])
 
 
 def due_for_expiry(expire_cutoff: datetime) -> list[ColumnElement[bool]]:

@@ -45,7 +45,6 @@ from app.models.clock import utcnow
 from app.services import timeline
 from app.services.fulfillment import fulfill_order, orders_awaiting_fulfillment
 from app.services.gateway_reports import MISMATCH, apply_gateway_answer, close_session, follow_remembered_refunds
-from app.services.payments import overdue_at
 from app.services.refunds import flag_unanswered_refunds, settle_refund_statuses
 
 log = logging.getLogger(__name__)
@@ -134,7 +133,7 @@ def run_pass(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
         retry_fulfillment(app, pool, summary, batch_size=batch_size)
         now = utcnow()
-        expire_cutoff = overdue_at(now)
+        expire_cutoff = claims.overdue_at(now)
         check_cutoff = now - timedelta(seconds=app.config["PAYMENT_STATUS_CHECK_AFTER"])
         _drain(app, pool, summary, claims.due_for_expiry(expire_cutoff), expire_one,
                workers=workers, batch_size=batch_size, stop=stop)
@@ -161,14 +160,14 @@ def _drain(app: Flask, pool: ThreadPoolExecutor, summary: PassSummary, due, hand
     # finishes within its lease even if every gateway call before it uses its whole budget.
     rounds = math.ceil((batch_size + workers) / workers) + 1
     lease = timedelta(seconds=rounds * app.config["GATEWAY_TOTAL_BUDGET"])
-    in_flight: set[Future] = set()
+    in_flight = 0  # claims handed to the pool and not yet back
     # Finished futures arrive here, so each is taken in O(1): concurrent.futures.wait() locks
     # every future still in flight on each call (this thread's CPU per pass: 0.10 s -> 0.06 s).
     finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
     quiet: list[Quiet] = []
     cursor, exhausted = None, False
     while True:
-        if not exhausted and len(in_flight) <= workers:
+        if not exhausted and in_flight <= workers:
             exhausted = stop()
             if not exhausted:
                 now = utcnow()
@@ -178,9 +177,8 @@ def _drain(app: Flask, pool: ThreadPoolExecutor, summary: PassSummary, due, hand
                     for claim in batch:
                         log.debug("txn=%s claimed for %s until %s", claim.id, handler.__name__, claim.lease)
                 for claim in batch:
-                    future = pool.submit(_in_context, app, handler, claim)
-                    future.add_done_callback(finished.put)
-                    in_flight.add(future)
+                    pool.submit(_in_context, app, handler, claim).add_done_callback(finished.put)
+                in_flight += len(batch)
                 exhausted = len(batch) < batch_size
                 cursor = claims.advance(cursor, batch)
                 continue
@@ -189,7 +187,7 @@ def _drain(app: Flask, pool: ThreadPoolExecutor, summary: PassSummary, due, hand
         done = [finished.get()]
         while not finished.empty():
             done.append(finished.get())
-        in_flight.difference_update(done)
+        in_flight -= len(done)
         for future in done:
             result = future.result()
             if isinstance(result, Quiet):

@@ -48,16 +48,6 @@ class _Payment:
     payment_url: str | None
 
 
-def overdue_at(now: datetime) -> datetime:
-    """A pending transaction created at or before this is overdue for expiry.
-
-    The window is PAYMENT_EXPIRES_AFTER as configured now (contract section 1: lowering it
-    applies to transactions already pending), so a payment can be overdue before the
-    ``expires_at`` its gateway session was opened with.
-    """
-    return now - timedelta(seconds=current_app.config["PAYMENT_EXPIRES_AFTER"])
-
-
 # Initiation's statements, built once (it is the busiest write path after webhooks).
 _orders, _transactions = Order.__table__, Transaction.__table__
 # Touching the order takes its write lock (a row lock on PostgreSQL, the database's write lock
