@@ -12,6 +12,7 @@ import secrets
 from typing import TypeVar
 
 from flask import Flask, current_app, jsonify, render_template, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
@@ -126,8 +127,21 @@ def retry_after_only_on_refusals(app: Flask) -> None:
         return response
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, except that a request sending no session cookie (a
+    webhook, an API call) gets its new empty session without Flask first building the cookie's
+    signer, a few percent of such a request's time. The same session either way."""
+
+    def open_session(self, app: Flask, request):
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def init_app(app: Flask) -> None:
-    """Register the error handlers on ``app``, and refuse NUL characters before any route runs."""
+    """Register the error handlers and the session interface on ``app``, and refuse NUL
+    characters before any route runs."""
+    app.session_interface = CookieSessions()
 
     @app.before_request
     def _refuse_nul():
