@@ -26,7 +26,7 @@ from app.extensions import db
 from app.metrics import FULFILLMENTS
 from app.models import Order, OrderStatus, Transaction
 from app.models.clock import utcnow
-from app.services import timeline
+from app.services import one_statement, timeline
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +138,12 @@ def _finish(order_id: str, transaction_id: str, claimed_at, done, source: str) -
     """Mark the order fulfilled under the claim taken at ``claimed_at`` and commit; False when
     the claim was taken over. Safe to run again: a commit whose answer was lost has stamped
     the order with ``done``, and that is recognised as this run's own write."""
-    finished = db.session.connection().execute(
-        _FINISH, {"order_id": order_id, "claimed_at": claimed_at, "done": done}
-    ).rowcount
+    finished = one_statement.update_and_record(
+        _FINISH, {"order_id": order_id, "claimed_at": claimed_at, "done": done},
+        [timeline.line(transaction_id, "fulfillment", source, "order fulfilled", outcome="ok")])
     if finished != 1:
         db.session.rollback()
         return db.session.scalar(select(Order.fulfilled_at).where(Order.id == order_id)) == done
-    timeline.record(transaction_id, "fulfillment", source, "order fulfilled", outcome="ok")
-    db.session.commit()
     return True
 
 

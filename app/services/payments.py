@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cache
 
 from flask import current_app
 from sqlalchemy import bindparam, select
@@ -13,9 +14,9 @@ from app.domain.status import Status
 from app.extensions import db
 from app.gateways.base import GatewayError, SessionRequest
 from app.gateways.registry import get_gateway
-from app.models import Order, OrderStatus, Transaction
+from app.models import Order, OrderStatus, Transaction, TransactionEvent
 from app.models.clock import find_by_id, iso, plausible_id, public_id, utcnow
-from app.services import idempotency, timeline
+from app.services import idempotency, one_statement, timeline
 from app.services.errors import ServiceError, transaction_not_found
 from app.services.status_moves import apply_status
 
@@ -49,7 +50,7 @@ class _Payment:
 
 
 # Initiation's statements, built once (it is the busiest write path after webhooks).
-_orders, _transactions = Order.__table__, Transaction.__table__
+_orders, _transactions, _events = Order.__table__, Transaction.__table__, TransactionEvent.__table__
 # Touching the order takes its write lock (a row lock on PostgreSQL, the database's write lock
 # on SQLite), so two initiations for one order never both open a transaction.
 _LOCK_ORDER = (
@@ -125,16 +126,16 @@ def _open_session(tx: _Payment) -> _Payment:
         expires_at=tx.expires_at,
     )
     session = get_gateway().create_session(request)
-    saved = db.session.connection().execute(_SAVE_SESSION, {"tx_id": tx.id, "session_id": session.session_id,
-                                                            "url": session.payment_url}).rowcount
+    saved = one_statement.update_and_record(
+        _SAVE_SESSION, {"tx_id": tx.id, "session_id": session.session_id, "url": session.payment_url},
+        [timeline.line(tx.id, "gateway", "api", "gateway session opened", outcome="ok",
+                       detail={"session_id": session.session_id})])
     if saved != 1:  # a racing initiation saved the page first, or gave the payment up as failed
         current = _read_session(tx.id)
         db.session.commit()
         if current.status == Status.PENDING.value and current.payment_url is not None:
             return replace(tx, payment_url=current.payment_url)
         raise GatewayError(f"the payment became {current.status} while its gateway session was being opened")
-    timeline.record(tx.id, "gateway", "api", "gateway session opened", outcome="ok",
-                    detail={"session_id": session.session_id})
     log.info("txn=%s gateway session %s opened", tx.id, session.session_id)
     return replace(tx, payment_url=session.payment_url)
 
@@ -144,6 +145,34 @@ def open_payment(order_id: str, now: datetime) -> _Payment | None:
     initiation hands out again (contract section 3) and the checkout page offers to follow."""
     row = db.session.connection().execute(_OPEN_PAYMENT, {"order_id": order_id, "now": now}).first()
     return _Payment(*row) if row is not None else None
+
+
+@cache
+def _open_or_start_statement(columns: tuple[str, ...]):
+    """``_open_or_start`` as one statement (PostgreSQL): the open payment if there is one, and
+    else the new payment's row and its timeline line, written by the same statement."""
+    open_ = _OPEN_PAYMENT.cte("open_payment")
+    none_open = ~select(*open_.c).exists()
+    return select(*open_.c).add_cte(
+        one_statement.rows_where(none_open, _transactions, columns, 1, "payment"),
+        one_statement.rows_where(none_open, _events, timeline.COLUMNS, 1, "line"))
+
+
+def _open_or_start(order_id: str, now: datetime, payment: dict, started: dict) -> _Payment | None:
+    """The order's open payment, or None after adding ``payment`` and its ``started`` line (in
+    the caller's database transaction, which holds the order's lock: a statement that starts
+    after the lock was taken sees any payment a racing initiation committed before it)."""
+    if one_statement.on_postgresql():
+        payment = one_statement.with_defaults(_transactions, payment)
+        row = db.session.connection().execute(_open_or_start_statement(tuple(payment)), {
+            "order_id": order_id, "now": now,
+            **one_statement.row_params("payment", [payment]), **one_statement.row_params("line", [started])}).first()
+        return _Payment(*row) if row is not None else None
+    existing = open_payment(order_id, now)
+    if existing is None:
+        db.session.connection().execute(_INSERT_PAYMENT, payment)
+        timeline.add(started)
+    return existing
 
 
 def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dict]:
@@ -160,19 +189,19 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
     if order.status != OrderStatus.OPEN.value:
         db.session.rollback()
         raise ServiceError(409, "order_already_paid", "This order is already paid.")
-    existing = open_payment(order_id, now)
+    tx = _Payment(public_id("txn"), order_id, order.total, order.currency, Status.PENDING.value,
+                  now + timedelta(seconds=current_app.config["PAYMENT_EXPIRES_AFTER"]), None)  # if none is open
+    payment = {
+        "id": tx.id, "order_id": order_id,
+        "amount": order.total,  # always the stored order's total, never the client's
+        "currency": order.currency, "status": tx.status, "gateway": get_gateway().name,
+        "expires_at": tx.expires_at, "idempotency_key": key, "created_at": now, "updated_at": now,
+    }
+    started = timeline.line(tx.id, "created", "api", f"payment started for order {order_id}", outcome="ok",
+                            detail={"amount": tx.amount, "currency": tx.currency})
+    existing = _open_or_start(order_id, now, payment, started)
     created = existing is None
     if created:
-        tx = _Payment(public_id("txn"), order_id, order.total, order.currency, Status.PENDING.value,
-                      now + timedelta(seconds=current_app.config["PAYMENT_EXPIRES_AFTER"]), None)
-        connection.execute(_INSERT_PAYMENT, {
-            "id": tx.id, "order_id": order_id,
-            "amount": order.total,  # always the stored order's total, never the client's
-            "currency": order.currency, "status": tx.status, "gateway": get_gateway().name,
-            "expires_at": tx.expires_at, "idempotency_key": key, "created_at": now, "updated_at": now,
-        })
-        timeline.record(tx.id, "created", "api", f"payment started for order {order_id}", outcome="ok",
-                        detail={"amount": tx.amount, "currency": tx.currency})
         log.info("txn=%s created for order=%s amount=%s %s", tx.id, order_id, tx.amount, tx.currency)
     else:
         tx = existing
@@ -198,7 +227,6 @@ def _start(order_id: str, amount: int | None, key: str | None) -> tuple[int, dic
             raise ServiceError(502, "gateway_unavailable",
                                "The payment gateway is not answering; please try again in a moment.",
                                {"transaction_id": tx.id}) from None
-        db.session.commit()
     return (201 if created else 200), _initiation_body(tx)
 
 

@@ -4,6 +4,10 @@ It consults the pure transition table, writes the move as a compare-and-set UPDA
 the old status, records a timeline line whatever the outcome, and lets only the caller
 whose UPDATE won mark the order paid, fulfill it and emit the realtime update, after the
 commit. Races between webhooks, polls, ops and processes resolve in the database.
+
+``apply_reported_success`` is its route of one statement on PostgreSQL for the move it makes
+most (a success delivered for a pending payment): the same table, the same compare-and-set and
+the same rows, or nothing written and the general route taken.
 """
 
 from __future__ import annotations
@@ -11,16 +15,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Callable
 
-from sqlalchemy import and_, bindparam, case, func, select
+from sqlalchemy import Table, and_, bindparam, case, func, literal_column, select
 
 from app.domain.status import Decision, Outcome, Status, decide
 from app.extensions import db
 from app.metrics import STATUS_MOVES
-from app.models import Order, OrderStatus, Transaction
+from app.models import Order, OrderStatus, Transaction, TransactionEvent
 from app.models.clock import plausible_id, utcnow
-from app.services import timeline
+from app.services import one_statement, timeline
 from app.services.errors import transaction_not_found
 
 log = logging.getLogger(__name__)
@@ -28,19 +33,23 @@ DUPLICATE_PAYMENT = "duplicate_payment_refund_owed"  # the review reason of a se
 
 # The writes of a move as Core statements built once: they run on every webhook, poll and
 # ops action, and a cached statement with bound values skips the ORM's per-call work.
-_transactions, _orders = Transaction.__table__, Order.__table__
+_transactions, _orders, _events = Transaction.__table__, Order.__table__, TransactionEvent.__table__
+# What a move writes, and what paying its order writes (the winner also takes the order's
+# fulfillment claim): shared by the general route and the one-statement route below.
+_MOVED_VALUES = dict(status=bindparam("to_status"), updated_at=bindparam("now"), next_check_at=None, lease_until=None)
+_PAID_VALUES = dict(status=OrderStatus.PAID.value, paid_transaction_id=bindparam("tx_id"), paid_at=bindparam("now"),
+                    updated_at=bindparam("now"), fulfillment_claimed_at=bindparam("now"),
+                    fulfillment_attempts=_orders.c.fulfillment_attempts + 1)
 _MOVE = (  # the compare-and-set: applies only while the row still has the status decided on
     _transactions.update()
     .where(_transactions.c.id == bindparam("tx_id"), _transactions.c.status == bindparam("from_status"))
-    .values(status=bindparam("to_status"), updated_at=bindparam("now"), next_check_at=None, lease_until=None)
+    .values(**_MOVED_VALUES)
     .returning(_transactions.c.refund_reported)  # read under the row's lock: see apply_status
 )
 _PAY_ORDER = (  # the order is paid once: only while it is still open
     _orders.update()
     .where(_orders.c.id == bindparam("order_id"), _orders.c.status == OrderStatus.OPEN.value)
-    .values(status=OrderStatus.PAID.value, paid_transaction_id=bindparam("tx_id"), paid_at=bindparam("now"),
-            updated_at=bindparam("now"), fulfillment_claimed_at=bindparam("now"),
-            fulfillment_attempts=_orders.c.fulfillment_attempts + 1)
+    .values(**_PAID_VALUES)
 )
 _FLAG = (  # a flag adds its reason to those still open, so none is lost before ops see it
     _transactions.update()
@@ -200,19 +209,91 @@ def apply_status(
         )
         if before_commit:
             before_commit(decision)
-        order_id = tx.order_id  # read before the commit expires the object (no reload after it)
         db.session.commit()
-        log.info("txn=%s status %s->%s applied (source=%s%s)", transaction_id, current, target, source,
-                 f", flagged={flag}" if flag else "")
-        STATUS_MOVES.labels(source, target.value, Outcome.APPLIED.value).inc()
-
-        from app.realtime import notify_status  # realtime imports services; keep the cycle lazy
-
-        notify_status(transaction_id, target.value)  # every committed change is pushed (contract 5)
-        if order_paid and refund_first is None:  # else the caller applies the refund first, then decides
-            from app.services.fulfillment import run_claimed
-
-            run_claimed(order_id, transaction_id, now, source=source)
+        # the fulfillment handler runs here unless the caller must apply a refund first, then decide
+        _after_move(tx.id, tx.order_id, decision, source, now, flag=flag, fulfil=order_paid and refund_first is None)
         return MoveResult(transaction_id, decision, order_paid=order_paid, flagged=flag,
                           claimed_at=now if order_paid else None, refund_first=refund_first)
     raise RuntimeError(f"status of {transaction_id} kept changing under apply_status")
+
+
+def _after_move(transaction_id: str, order_id: str, decision: Decision, source: str, now: datetime, *,
+                flag: str | None, fulfil: bool) -> None:
+    """What follows a committed move: its log line and count, the realtime push, and, with
+    ``fulfil``, the handler of the order the move paid (its claim was taken at ``now``)."""
+    log.info("txn=%s status %s->%s applied (source=%s%s)", transaction_id, decision.current, decision.target, source,
+             f", flagged={flag}" if flag else "")
+    STATUS_MOVES.labels(source, decision.target.value, Outcome.APPLIED.value).inc()
+
+    from app.realtime import notify_status  # realtime imports services; keep the cycle lazy
+
+    notify_status(transaction_id, decision.target.value)  # every committed change is pushed (contract 5)
+    if fulfil:
+        from app.services.fulfillment import run_claimed
+
+        run_claimed(order_id, transaction_id, now, source=source)
+
+
+@cache
+def _success_in_one_statement(extra: Table, extra_columns: tuple[str, ...], lines: int):
+    """The statement of ``apply_reported_success``, built once per shape.
+
+    Data-modifying CTEs: the compare-and-set from pending (with the money and no refund reported
+    first in its WHERE), the order paid with its claim, and the rows written only if the move
+    was. The last column divides by zero when the payment moved but its order was not open (paid
+    by another payment already): that error undoes the whole statement, which then wrote nothing.
+    """
+    moved = (
+        _transactions.update()
+        .where(_transactions.c.id == bindparam("tx_id"), _transactions.c.status == bindparam("from_status"),
+               _transactions.c.amount == bindparam("reported_amount"),
+               _transactions.c.currency == bindparam("reported_currency"),
+               _transactions.c.refund_reported.is_(None))
+        .values(**_MOVED_VALUES)
+        .returning(_transactions.c.order_id)
+        .cte("moved")
+    )
+    paid = (
+        _orders.update()
+        .where(_orders.c.id == select(moved.c.order_id).scalar_subquery(), _orders.c.status == OrderStatus.OPEN.value)
+        .values(**_PAID_VALUES)
+        .returning(_orders.c.id)
+        .cte("paid")
+    )
+    moved_count, paid_count = one_statement.count(moved), one_statement.count(paid)
+    return (select(select(moved.c.order_id).scalar_subquery().label("order_id"),
+                   (literal_column("1") / (literal_column("1") + paid_count - moved_count)).label("all_or_nothing"))
+            .add_cte(one_statement.rows_if(moved, _events, timeline.COLUMNS, lines, "line"),
+                     one_statement.rows_if(moved, extra, extra_columns, 1, "extra")))
+
+
+def apply_reported_success(transaction_id: str, amount: int, currency: str, *, source: str, detail: dict,
+                           lines: list[dict], extra: Table, extra_row: dict) -> MoveResult | None:
+    """apply_status's route of one statement, on PostgreSQL, for the report it gets most: a
+    success for a pending payment, with the payment's money, whose order is still open.
+
+    The transition table decides the move as for any caller; the compare-and-set, the order
+    paid with its fulfillment claim, the timeline (``lines`` then the move's own line) and the
+    caller's ``extra_row`` into ``extra`` are then one statement, committed alone: one round trip
+    where apply_status takes several. Anything else (another status, other money, a refund
+    reported first, an order already paid, ``extra_row`` already there, an unknown payment, or
+    SQLite) writes nothing and returns None: the caller then takes the general route, which
+    handles every case. After the commit it goes on as apply_status does (push, handler).
+    """
+    decision = decide(Status.PENDING, Status.SUCCESS)
+    if decision.outcome != Outcome.APPLIED or decision.flag_reason or not one_statement.usable():
+        return None
+    now = utcnow()
+    moves = timeline.line(transaction_id, "status", source, f"status {decision.current} -> {decision.target}",
+                          outcome=Outcome.APPLIED.value, from_status=decision.current, to_status=decision.target,
+                          detail=detail)
+    row = one_statement.run(_success_in_one_statement(extra, tuple(extra_row), len(lines) + 1), {
+        "tx_id": transaction_id, "from_status": decision.current.value, "to_status": decision.target.value,
+        "now": now, "reported_amount": amount, "reported_currency": currency,
+        **one_statement.row_params("line", [*lines, moves]), **one_statement.row_params("extra", [extra_row]),
+    })
+    if row is None or row.order_id is None:  # not moved: nothing was written
+        return None
+    order_id = row.order_id
+    _after_move(transaction_id, order_id, decision, source, now, flag=None, fulfil=True)
+    return MoveResult(transaction_id, decision, order_paid=True, claimed_at=now)

@@ -19,7 +19,7 @@ _INSERT = TransactionEvent.__table__.insert()
 _PENDING = "timeline_lines"
 
 
-def record(
+def line(
     transaction_id: str,
     kind: str,
     source: str,
@@ -30,9 +30,9 @@ def record(
     to_status: str | None = None,
     detail: dict | None = None,
     actor: str | None = None,
-) -> None:
-    """Add one timeline line; it is written when the caller's service commits."""
-    db.session.info.setdefault(_PENDING, []).append({
+) -> dict:
+    """One timeline line as the row it is written as (``COLUMNS``), stamped now."""
+    return {
         "transaction_id": transaction_id,
         "kind": kind,
         "source": source,
@@ -43,7 +43,20 @@ def record(
         "detail": detail,
         "actor": actor,
         "created_at": utcnow(),
-    })
+    }
+
+
+COLUMNS = tuple(line("", "", "", ""))
+
+
+def add(row: dict) -> None:
+    """Add a line made by ``line``; it is written when the caller's service commits."""
+    db.session.info.setdefault(_PENDING, []).append(row)
+
+
+def record(transaction_id: str, kind: str, source: str, summary: str, **fields) -> None:
+    """Add one timeline line (the fields of ``line``); it is written when the caller's service commits."""
+    add(line(transaction_id, kind, source, summary, **fields))
 
 
 def record_failure(transaction_id: str, kind: str, source: str, summary: str, *, actor: str | None = None) -> None:

@@ -9,15 +9,16 @@ from typing import Callable
 
 from sqlalchemy.exc import IntegrityError
 
+from app.domain.status import Outcome, Status
 from app.extensions import db
 from app.gateways.base import VerifiedEvent, WebhookRejected
 from app.gateways.registry import get_gateway
 from app.metrics import WEBHOOKS
 from app.models import WebhookEvent, WebhookRejection
-from app.models.clock import utcnow
+from app.models.clock import plausible_id, utcnow
 from app.services import timeline
 from app.services.gateway_reports import MISMATCH, apply_report
-from app.services.status_moves import read_state
+from app.services.status_moves import apply_reported_success, read_state
 
 log = logging.getLogger(__name__)
 STATUS_EVENT = "payment.status_changed"
@@ -72,6 +73,21 @@ def is_signed(verified: VerifiedEvent | WebhookRejected) -> bool:
     return isinstance(verified, VerifiedEvent)
 
 
+def _reports_status(event: VerifiedEvent) -> bool:
+    """The delivery reports a payment's status this app knows, in an event type it acts on."""
+    return event.event_type == STATUS_EVENT and event.status is not None
+
+
+def _received_line(transaction_id: str, event: VerifiedEvent, summary: dict) -> dict:
+    return timeline.line(transaction_id, "webhook", "webhook", f"webhook: gateway says {event.status.value}",
+                         outcome="received", detail=summary)
+
+
+def _move_detail(event: VerifiedEvent, summary: dict) -> dict:
+    """The detail of the status line a delivery's move writes."""
+    return {"webhook_id": event.webhook_id, **summary}
+
+
 def receive(verified: VerifiedEvent | WebhookRejected, body: bytes, remote_addr: str | None = None
             ) -> WebhookOutcome:
     """Handle one delivery, verified by ``verify`` before any database work."""
@@ -82,14 +98,25 @@ def receive(verified: VerifiedEvent | WebhookRejected, body: bytes, remote_addr:
 
     summary = _payload_summary(event)
 
-    def store(outcome: str) -> None:
-        """Record the delivery in the same database transaction as what it caused, just
-        before that commits; a second copy of the delivery fails here, on the unique key."""
-        db.session.connection().execute(_INSERT_EVENT, {
+    def delivery(outcome: str) -> dict:
+        """The delivery's dedup row: a second copy of the delivery fails on its unique key."""
+        return {
             "gateway": gateway.name, "webhook_id": event.webhook_id, "transaction_id": event.transaction_id,
             "event_type": event.event_type, "status": summary["status"], "amount": event.amount,
             "currency": event.currency, "outcome": outcome, "payload": summary, "received_at": utcnow(),
-        })
+        }
+
+    def store(outcome: str) -> None:
+        """Record the delivery in the same database transaction as what it caused, just before that commits."""
+        db.session.connection().execute(_INSERT_EVENT, delivery(outcome))
+
+    reports_success = _reports_status(event) and event.status == Status.SUCCESS
+    if reports_success and plausible_id(event.transaction_id) and apply_reported_success(
+            event.transaction_id, event.amount, event.currency, source="webhook", detail=_move_detail(event, summary),
+            lines=[_received_line(event.transaction_id, event, summary)],
+            extra=WebhookEvent.__table__, extra_row=delivery(Outcome.APPLIED.value)):
+        WEBHOOKS.labels(Outcome.APPLIED.value).inc()  # the common delivery, in one statement on PostgreSQL
+        return WebhookOutcome(True, Outcome.APPLIED.value, "Received.")
 
     try:
         outcome = _apply(event, summary, store)
@@ -115,7 +142,7 @@ def _apply(event: VerifiedEvent, summary: dict, store: Callable[[str], None]) ->
         db.session.commit()
         log.info("webhook %s for unknown transaction %s acknowledged", event.webhook_id, event.transaction_id)
         return "unknown_transaction"
-    if event.event_type != STATUS_EVENT or event.status is None:
+    if not _reports_status(event):
         timeline.record(tx.id, "webhook", "webhook", f"webhook {event.event_type} ignored", outcome="ignored",
                         detail=summary)
         store("ignored")
@@ -123,13 +150,12 @@ def _apply(event: VerifiedEvent, summary: dict, store: Callable[[str], None]) ->
         log.info("txn=%s webhook %s ignored: %.64s without a status this app knows", tx.id, event.webhook_id,
                  event.event_type)
         return "ignored"
-    timeline.record(tx.id, "webhook", "webhook", f"webhook: gateway says {event.status.value}", outcome="received",
-                    detail=summary)
+    timeline.add(_received_line(tx.id, event, summary))
 
     def outcome_of(decision) -> str:
         return MISMATCH if decision.flag_reason == MISMATCH else decision.outcome.value
 
     result = apply_report(tx.id, event.status, event.amount, event.currency, source="webhook",
-                          detail={"webhook_id": event.webhook_id, **summary},
+                          detail=_move_detail(event, summary),
                           before_commit=lambda decision: store(outcome_of(decision)), known=tx)
     return outcome_of(result.decision)

@@ -12,7 +12,7 @@ from app.extensions import db
 from app.models import Transaction, TransactionEvent, WebhookEvent
 from app.services.status_moves import apply_status
 from tests import fulfillment_probe
-from tests.conftest import place_order, sign, start_payment, status_event
+from tests.conftest import open_sessions, place_order, sign, start_payment, status_event
 
 
 def run_together(calls) -> list:
@@ -152,3 +152,26 @@ def test_a_refund_and_the_success_delivered_at_once_always_end_refunded(app, cli
         assert shipped <= 1
         assert client.get(f"/api/orders/{order['order_id']}").get_json()["status"] == (
             "fulfilled" if shipped else "paid")
+
+
+def test_initiations_for_one_order_at_once_open_one_payment(app, client, gateway):
+    """Eight tabs initiate one order's payment at once: the order's lock makes the first start
+    the payment and the others hand out that same one (one row, one 'started' line)."""
+    open_sessions(gateway)
+    order_id = place_order(client)["order_id"]
+    barrier = threading.Barrier(8, timeout=30)
+
+    def initiate():
+        c = app.test_client()
+        barrier.wait()
+        response = c.post("/initiate-payment", json={"order_id": order_id})
+        return response.status_code, response.get_json()["transaction_id"]
+
+    answers = run_together([(initiate,)] * 8)
+    assert len({tx_id for _, tx_id in answers}) == 1
+    assert sorted(status for status, _ in answers) == [200] * 7 + [201]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Transaction)
+                                 .where(Transaction.order_id == order_id)) == 1
+        assert db.session.scalar(select(func.count()).select_from(TransactionEvent)
+                                 .where(TransactionEvent.kind == "created")) == 1

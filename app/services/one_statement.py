@@ -1,0 +1,99 @@
+"""Writes that follow a compare-and-set, sent with it as one PostgreSQL statement.
+
+The busiest writes (a success delivery's move with its order and timeline, an order marked
+fulfilled with its timeline line) are a compare-and-set followed by rows that exist only if
+it won. On PostgreSQL they go as data-modifying CTEs in one statement that commits alone
+(autocommit): one round trip where BEGIN, a statement per write and COMMIT take several.
+SQLite has no data-modifying CTEs; there, and whenever a caller already has a database
+transaction open, the callers take their statement-per-write route.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy import CTE, Row, Table, Update, bindparam, cast, func, select, union_all
+from sqlalchemy.exc import DataError, IntegrityError
+
+from app.extensions import db
+from app.models import TransactionEvent
+from app.services import timeline
+
+
+def on_postgresql() -> bool:
+    """Data-modifying CTEs can be used (not on SQLite)."""
+    return db.engine.dialect.name == "postgresql"
+
+
+def usable() -> bool:
+    """On PostgreSQL, with no database transaction open in the session (the statement commits alone)."""
+    return on_postgresql() and not db.session().in_transaction()
+
+
+def rows_where(condition, table: Table, columns: tuple[str, ...], count: int, prefix: str) -> CTE:
+    """An INSERT of ``count`` rows into ``table`` from the parameters ``row_params(prefix, rows)``
+    gives, written (in the order given) only where ``condition`` holds."""
+    rows = [select(*(cast(bindparam(f"{prefix}{number}_{name}", type_=table.c[name].type), table.c[name].type)
+                     for name in columns)).where(condition) for number in range(count)]
+    return table.insert().from_select(columns, union_all(*rows)).cte(f"write_{prefix}")
+
+
+def rows_if(won: CTE, table: Table, columns: tuple[str, ...], count: int, prefix: str) -> CTE:
+    """``rows_where``: written only if ``won`` returned a row."""
+    return rows_where(select(*won.c).exists(), table, columns, count, prefix)
+
+
+def with_defaults(table: Table, row: dict) -> dict:
+    """``row`` with the constant Python-side defaults of the columns it leaves out, which an
+    INSERT from a SELECT does not add by itself."""
+    return {**{column.name: column.default.arg for column in table.columns
+               if column.name not in row and column.default is not None and column.default.is_scalar}, **row}
+
+
+def row_params(prefix: str, rows: list[dict]) -> dict:
+    """The parameters of ``rows_if(..., prefix)`` for these rows."""
+    return {f"{prefix}{number}_{name}": value for number, row in enumerate(rows) for name, value in row.items()}
+
+
+def count(cte: CTE):
+    """How many rows ``cte`` returned, as a scalar subquery."""
+    return select(func.count()).select_from(cte).scalar_subquery()
+
+
+def run(statement, params: dict) -> Row | None:
+    """Execute ``statement`` alone, in autocommit; its first row, or None when it failed on a
+    unique key or on bad data (an all-or-nothing guard): it then wrote nothing. Other errors (a
+    lost connection) are raised. Call only when ``usable()``: the session holds no connection
+    then, so no lock of its own can stand in the statement's way.
+
+    A connection from the engine's pool, not through the session: about 0.1 ms less per call.
+    """
+    try:
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            return connection.execute(statement, params).first()
+    except (IntegrityError, DataError):
+        return None
+
+
+@cache
+def _update_and_lines(statement: Update, lines: int):
+    changed = statement.returning(*statement.table.primary_key.columns).cte("changed")
+    return select(count(changed).label("changed")).add_cte(
+        rows_if(changed, TransactionEvent.__table__, timeline.COLUMNS, lines, "line"))
+
+
+def update_and_record(statement: Update, params: dict, lines: list[dict]) -> int:
+    """Run a compare-and-set UPDATE and, if it changed a row, write the timeline ``lines`` and
+    commit; returns how many rows it changed. One statement on PostgreSQL when ``usable()``;
+    else the UPDATE in the session, and the lines with the session's commit. When it changed
+    nothing, nothing is committed (the session's transaction, if any, stays open). No key of
+    ``params`` may be a column's name: SQLAlchemy would read it as a value to SET."""
+    if usable():
+        row = run(_update_and_lines(statement, len(lines)), {**params, **row_params("line", lines)})
+        return row.changed if row is not None else 0
+    changed = db.session.connection().execute(statement, params).rowcount
+    if changed:
+        for line in lines:
+            timeline.add(line)
+        db.session.commit()
+    return changed
