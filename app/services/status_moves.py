@@ -19,6 +19,7 @@ from functools import cache
 from typing import Callable
 
 from sqlalchemy import Table, and_, bindparam, case, func, literal_column, select
+from sqlalchemy.exc import DataError, IntegrityError
 
 from app.domain.status import Decision, Outcome, Status, decide
 from app.extensions import db
@@ -281,18 +282,22 @@ def apply_reported_success(transaction_id: str, amount: int, currency: str, *, s
     handles every case. After the commit it goes on as apply_status does (push, handler).
     """
     decision = decide(Status.PENDING, Status.SUCCESS)
-    if decision.outcome != Outcome.APPLIED or decision.flag_reason or not one_statement.usable():
+    if (decision.outcome != Outcome.APPLIED or decision.flag_reason or not one_statement.usable()
+            or type(amount) is not int or not isinstance(currency, str)):  # else SQL's casts would bend them
         return None
     now = utcnow()
     moves = timeline.line(transaction_id, "status", source, f"status {decision.current} -> {decision.target}",
                           outcome=Outcome.APPLIED.value, from_status=decision.current, to_status=decision.target,
                           detail=detail)
-    row = one_statement.run(_success_in_one_statement(extra, tuple(extra_row), len(lines) + 1), {
-        "tx_id": transaction_id, "from_status": decision.current.value, "to_status": decision.target.value,
-        "now": now, "reported_amount": amount, "reported_currency": currency,
-        **one_statement.row_params("line", [*lines, moves]), **one_statement.row_params("extra", [extra_row]),
-    })
-    if row is None or row.order_id is None:  # not moved: nothing was written
+    try:
+        row = one_statement.run(_success_in_one_statement(extra, tuple(extra_row), len(lines) + 1), {
+            "tx_id": transaction_id, "from_status": decision.current.value, "to_status": decision.target.value,
+            "now": now, "reported_amount": amount, "reported_currency": currency,
+            **one_statement.row_params("line", [*lines, moves]), **one_statement.row_params("extra", [extra_row]),
+        })
+    except (IntegrityError, DataError):  # extra_row's key taken, the order not open (the guard), a bad value
+        return None  # the statement wrote nothing; the general route meets the same and answers as ever
+    if row.order_id is None:  # not moved: nothing was written
         return None
     order_id = row.order_id
     _after_move(transaction_id, order_id, decision, source, now, flag=None, fulfil=True)

@@ -26,12 +26,16 @@ def pg_app(make_pg_app, postgres_url):
 @pytest.fixture
 def routes_taken(monkeypatch):
     """Whether each one-statement attempt wrote (its first column: the order paid, or how many
-    orders were marked fulfilled; no row when it failed and wrote nothing)."""
+    rows were changed; False when it failed, and so wrote nothing)."""
     taken, real_run = [], one_statement.run
 
     def run(statement, params):
-        row = real_run(statement, params)
-        taken.append(row is not None and row[0] not in (None, 0))
+        try:
+            row = real_run(statement, params)
+        except Exception:
+            taken.append(False)
+            raise
+        taken.append(row[0] not in (None, 0))
         return row
 
     monkeypatch.setattr(one_statement, "run", run)
@@ -197,3 +201,35 @@ def test_an_initiation_saves_its_gateway_page_alike_by_either_route(pg_app, gate
     assert routes_taken == []
     assert one == general
     assert [line["summary"] for line in one["timeline"]][-1] == "gateway session opened"
+
+
+def _attempt(app, tx_id: str, amount, webhook_id: str = "msg_direct") -> object:
+    with app.test_request_context():
+        return apply_reported_success(
+            tx_id, amount, "USD", source="webhook", detail={}, lines=[], extra=WebhookEvent.__table__,
+            extra_row={"gateway": "sandbox", "webhook_id": webhook_id, "event_type": "payment.status_changed",
+                       "outcome": "applied", "received_at": datetime(2026, 1, 1)})
+
+
+@pytest.mark.parametrize("amount", [1999.0, True, "1999"])
+def test_money_of_another_type_is_left_to_the_general_route(pg_app, gateway, routes_taken, amount):
+    """SQL would cast 1999.0 or '1999' to the integer 1999 and call it a match; Python's
+    comparison in the general route calls it a mismatch. The statement is not even tried."""
+    client = pg_app.test_client()
+    tx_id = start_payment(client, gateway, place_order(client)["order_id"])["transaction_id"]
+    routes_taken.clear()
+    assert _attempt(pg_app, tx_id, amount) is None
+    assert routes_taken == []
+    with pg_app.app_context():
+        assert db.session.get(Transaction, tx_id).status == "pending"
+
+
+def test_a_value_too_long_for_its_column_fails_whole_instead_of_being_cut(pg_app, gateway, routes_taken):
+    """An explicit cast to VARCHAR(255) would cut a 300-character webhook-id short and store it:
+    the statement must fail as a plain INSERT does, and write nothing."""
+    client = pg_app.test_client()
+    order_id = place_order(client)["order_id"]
+    tx_id = start_payment(client, gateway, order_id)["transaction_id"]
+    before = _written(pg_app, tx_id, order_id, "m" * 300)
+    assert _attempt(pg_app, tx_id, 1999, webhook_id="m" * 300) is None
+    assert _written(pg_app, tx_id, order_id, "m" * 300) == before
