@@ -19,7 +19,9 @@ from functools import cache
 from typing import Callable
 
 from sqlalchemy import Table, and_, bindparam, case, func, literal_column, select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+
+from app.connections import lost_connection, retry_on_lost_connection
 
 from app.domain.status import Decision, Outcome, Status, decide
 from app.extensions import db
@@ -268,6 +270,17 @@ def _success_in_one_statement(extra: Table, extra_columns: tuple[str, ...], line
                      one_statement.rows_if(moved, extra, extra_columns, 1, "extra")))
 
 
+_PAID_BY_MOVE = select(_orders.c.id).where(_orders.c.paid_transaction_id == bindparam("tx_id"),
+                                           _orders.c.fulfillment_claimed_at == bindparam("now"))
+
+
+def _paid_by_move(transaction_id: str, now: datetime) -> str | None:
+    """The order a move of ``transaction_id`` stamped at ``now`` paid (and claimed), if it committed."""
+    order_id = db.session.connection().execute(_PAID_BY_MOVE, {"tx_id": transaction_id, "now": now}).scalar()
+    db.session.commit()  # nothing stays open: the handler runs next
+    return order_id
+
+
 def apply_reported_success(transaction_id: str, amount: int, currency: str, *, source: str, detail: dict,
                            lines: list[dict], extra: Table, extra_row: dict) -> MoveResult | None:
     """apply_status's route of one statement, on PostgreSQL, for the report it gets most: a
@@ -297,8 +310,19 @@ def apply_reported_success(transaction_id: str, amount: int, currency: str, *, s
         })
     except (IntegrityError, DataError):  # extra_row's key taken, the order not open (the guard), a bad value
         return None  # the statement wrote nothing; the general route meets the same and answers as ever
-    if row.order_id is None:  # not moved: nothing was written
-        return None
-    order_id = row.order_id
+    except DBAPIError as exc:
+        if not lost_connection(exc):
+            raise
+        # It may have committed before its answer was lost: look, on a fresh connection. If it
+        # did, go on (push, handler) rather than leave the order to wait out its claim's lease.
+        order_id = retry_on_lost_connection(lambda: _paid_by_move(transaction_id, now),
+                                            what=f"finding out whether txn {transaction_id}'s success was written")
+        if order_id is None:
+            raise  # it was not: the request answers 503 and the gateway delivers again
+        log.warning("txn=%s connection lost under its success statement, which had committed", transaction_id)
+    else:
+        if row.order_id is None:  # not moved: nothing was written
+            return None
+        order_id = row.order_id
     _after_move(transaction_id, order_id, decision, source, now, flag=None, fulfil=True)
     return MoveResult(transaction_id, decision, order_paid=True, claimed_at=now)

@@ -6,16 +6,18 @@ It must leave exactly the rows the general route leaves, or nothing at all, what
 import json
 from datetime import datetime
 
+import psycopg
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from app.extensions import db, socketio
 from app.models import Order, Transaction, TransactionEvent, WebhookEvent
 from app.services import one_statement
 from app.services.status_moves import apply_reported_success
 from tests import fulfillment_probe
-from tests.conftest import place_order, post_webhook, probed_app, start_payment, status_event
+from tests.conftest import place_order, post_webhook, probed_app, sign, start_payment, status_event
 
 
 @pytest.fixture
@@ -233,3 +235,44 @@ def test_a_value_too_long_for_its_column_fails_whole_instead_of_being_cut(pg_app
     before = _written(pg_app, tx_id, order_id, "m" * 300)
     assert _attempt(pg_app, tx_id, 1999, webhook_id="m" * 300) is None
     assert _written(pg_app, tx_id, order_id, "m" * 300) == before
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_connection_lost_under_the_statement(pg_app, gateway, monkeypatch, committed):
+    """The answer to the success statement never comes back. If it had committed, the delivery
+    goes on as usual (push, handler now, not after the claim's lease); if not, it answers 503
+    with nothing written, and the gateway's next delivery applies it."""
+    client = pg_app.test_client()
+    order_id = place_order(client)["order_id"]
+    tx_id = start_payment(client, gateway, order_id)["transaction_id"]
+    real_run, lost = one_statement.run, []
+
+    def run(statement, params):
+        if "reported_amount" in params and not lost:  # the success statement, once
+            lost.append(True)
+            if committed:
+                real_run(statement, params)
+            raise OperationalError("the success statement", {},
+                                   psycopg.OperationalError("server closed the connection"))
+        return real_run(statement, params)
+
+    monkeypatch.setattr(one_statement, "run", run)
+    socket = socketio.test_client(pg_app)
+    socket.emit("join", {"transaction_id": tx_id})
+    socket.get_received()
+    raw_headers = sign(status_event(tx_id, "success", 1999))
+    response = client.post("/payment-callback", data=raw_headers[0], headers=raw_headers[1])
+    if not committed:
+        assert response.status_code == 503
+        with pg_app.app_context():
+            assert db.session.get(Transaction, tx_id).status == "pending"
+        assert fulfillment_probe.calls == []
+        response = client.post("/payment-callback", data=raw_headers[0], headers=raw_headers[1])  # delivered again
+    assert (response.status_code, response.get_json()["outcome"]) == (200, "applied")
+    assert fulfillment_probe.calls == [(order_id, tx_id)]
+    assert [m["args"][0]["status"] for m in socket.get_received() if m["name"] == "payment_status_update"] == [
+        "success"]
+    with pg_app.app_context():
+        assert db.session.get(Order, order_id).status == "fulfilled"
+        assert db.session.scalars(select(TransactionEvent.outcome).where(
+            TransactionEvent.transaction_id == tx_id, TransactionEvent.kind == "status")).all() == ["applied"]
