@@ -1,9 +1,10 @@
 """Writes lines of a transaction's audit timeline, in the caller's database transaction.
 
 Lines are collected on the session and written together when it commits (and dropped if it
-rolls back): one executemany, which psycopg sends as a pipeline, so a webhook's several lines
-cost one round trip. They
-are append-only: nothing reads them back inside the transaction that writes them.
+rolls back): one executemany, which psycopg sends as a pipeline, so a move's several lines cost
+one round trip. They are append-only: nothing reads them back inside the transaction that writes
+them. The one-statement routes (``one_statement``) write lines made by ``line`` inside their own
+statement instead.
 """
 
 from __future__ import annotations
