@@ -143,7 +143,10 @@ def _open_session(tx: _Payment) -> _Payment:
 def open_payment(order_id: str, now: datetime) -> _Payment | None:
     """The order's newest pending payment whose gateway session is still open, if any: the one
     initiation hands out again (contract section 3) and the checkout page offers to follow."""
-    row = db.session.connection().execute(_OPEN_PAYMENT, {"order_id": order_id, "now": now}).first()
+    return _payment(db.session.connection().execute(_OPEN_PAYMENT, {"order_id": order_id, "now": now}).first())
+
+
+def _payment(row) -> _Payment | None:
     return _Payment(*row) if row is not None else None
 
 
@@ -164,10 +167,9 @@ def _open_or_start(order_id: str, now: datetime, payment: dict, started: dict) -
     after the lock was taken sees any payment a racing initiation committed before it)."""
     if one_statement.on_postgresql():
         payment = one_statement.with_defaults(_transactions, payment)
-        row = db.session.connection().execute(_open_or_start_statement(tuple(payment)), {
+        return _payment(db.session.connection().execute(_open_or_start_statement(tuple(payment)), {
             "order_id": order_id, "now": now,
-            **one_statement.row_params("payment", [payment]), **one_statement.row_params("line", [started])}).first()
-        return _Payment(*row) if row is not None else None
+            **one_statement.row_params("payment", [payment]), **one_statement.row_params("line", [started])}).first())
     existing = open_payment(order_id, now)
     if existing is None:
         db.session.connection().execute(_INSERT_PAYMENT, payment)

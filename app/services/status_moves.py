@@ -22,7 +22,6 @@ from sqlalchemy import Table, and_, bindparam, case, func, literal_column, selec
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from app.connections import lost_connection, retry_on_lost_connection
-
 from app.domain.status import Decision, Outcome, Status, decide
 from app.extensions import db
 from app.metrics import STATUS_MOVES
@@ -295,8 +294,9 @@ def apply_reported_success(transaction_id: str, amount: int, currency: str, *, s
     handles every case. After the commit it goes on as apply_status does (push, handler).
     """
     decision = decide(Status.PENDING, Status.SUCCESS)
-    if (decision.outcome != Outcome.APPLIED or decision.flag_reason or not one_statement.usable()
-            or type(amount) is not int or not isinstance(currency, str)):  # else SQL's casts would bend them
+    if (decision.outcome != Outcome.APPLIED or decision.flag_reason or not plausible_id(transaction_id)
+            or type(amount) is not int or not isinstance(currency, str)  # else SQL's casts would bend them
+            or not one_statement.usable()):
         return None
     now = utcnow()
     moves = timeline.line(transaction_id, "status", source, f"status {decision.current} -> {decision.target}",

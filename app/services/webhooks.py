@@ -15,7 +15,7 @@ from app.gateways.base import VerifiedEvent, WebhookRejected
 from app.gateways.registry import get_gateway
 from app.metrics import WEBHOOKS
 from app.models import WebhookEvent, WebhookRejection
-from app.models.clock import plausible_id, utcnow
+from app.models.clock import utcnow
 from app.services import timeline
 from app.services.gateway_reports import MISMATCH, apply_report
 from app.services.status_moves import apply_reported_success, read_state
@@ -110,8 +110,7 @@ def receive(verified: VerifiedEvent | WebhookRejected, body: bytes, remote_addr:
         """Record the delivery in the same database transaction as what it caused, just before that commits."""
         db.session.connection().execute(_INSERT_EVENT, delivery(outcome))
 
-    reports_success = _reports_status(event) and event.status == Status.SUCCESS
-    if reports_success and plausible_id(event.transaction_id) and apply_reported_success(
+    if _reports_status(event) and event.status == Status.SUCCESS and apply_reported_success(
             event.transaction_id, event.amount, event.currency, source="webhook", detail=_move_detail(event, summary),
             lines=[_received_line(event.transaction_id, event, summary)],
             extra=WebhookEvent.__table__, extra_row=delivery(Outcome.APPLIED.value)):

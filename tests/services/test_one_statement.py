@@ -142,6 +142,14 @@ def test_an_order_paid_already_leaves_no_trace_of_the_one_statement_attempt(pg_a
     assert fulfillment_probe.calls == []
 
 
+def _attempt(app, tx_id: str, amount, webhook_id: str = "msg_direct") -> object:
+    with app.test_request_context():
+        return apply_reported_success(
+            tx_id, amount, "USD", source="webhook", detail={}, lines=[], extra=WebhookEvent.__table__,
+            extra_row={"gateway": "sandbox", "webhook_id": webhook_id, "event_type": "payment.status_changed",
+                       "outcome": "applied", "received_at": datetime(2026, 1, 1)})
+
+
 @pytest.mark.parametrize("case", ["other_amount", "webhook_id_taken", "refund_reported_first", "not_pending"])
 def test_what_the_one_statement_does_not_cover_it_leaves_untouched(pg_app, gateway, pg_admin, routes_taken, case):
     """Each miss writes nothing and is then handled by the general route as before."""
@@ -162,11 +170,7 @@ def test_what_the_one_statement_does_not_cover_it_leaves_untouched(pg_app, gatew
     before = _written(pg_app, tx_id, order_id, msg_id)
 
     if case != "not_pending":  # the general route would act on it: look at the attempt alone
-        with pg_app.test_request_context():
-            assert apply_reported_success(
-                tx_id, amount, "USD", source="webhook", detail={}, lines=[], extra=WebhookEvent.__table__,
-                extra_row={"gateway": "sandbox", "webhook_id": msg_id, "event_type": "payment.status_changed",
-                           "outcome": "applied", "received_at": datetime(2026, 1, 1)}) is None
+        assert _attempt(pg_app, tx_id, amount, webhook_id=msg_id) is None
         assert _written(pg_app, tx_id, order_id, msg_id) == before
         assert routes_taken[-1] is False
 
@@ -203,14 +207,6 @@ def test_an_initiation_saves_its_gateway_page_alike_by_either_route(pg_app, gate
     assert routes_taken == []
     assert one == general
     assert [line["summary"] for line in one["timeline"]][-1] == "gateway session opened"
-
-
-def _attempt(app, tx_id: str, amount, webhook_id: str = "msg_direct") -> object:
-    with app.test_request_context():
-        return apply_reported_success(
-            tx_id, amount, "USD", source="webhook", detail={}, lines=[], extra=WebhookEvent.__table__,
-            extra_row={"gateway": "sandbox", "webhook_id": webhook_id, "event_type": "payment.status_changed",
-                       "outcome": "applied", "received_at": datetime(2026, 1, 1)})
 
 
 @pytest.mark.parametrize("amount", [1999.0, True, "1999"])
