@@ -26,6 +26,9 @@ WEBHOOKS = Counter("checkout_webhooks_total", "Webhook deliveries by outcome.", 
 STATUS_MOVES = Counter("checkout_status_moves_total", "Status moves asked of apply_status.",
                        ["source", "to_status", "outcome"])
 FULFILLMENTS = Counter("checkout_fulfillments_total", "Fulfillment handler runs.", ["result"])
+GROUP_WRITE_ITEMS = Histogram("checkout_group_write_items",
+                              "Requests' writes sent together in one statement (group commit), by purpose.",
+                              ["writer"], buckets=(1, 2, 4, 8, 16, 32, 64))
 GATEWAY_SECONDS = Histogram("checkout_gateway_call_duration_seconds", "Gateway API calls, retries included.",
                             ["operation", "result"])
 

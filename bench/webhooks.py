@@ -14,6 +14,7 @@ import json
 import uuid
 from functools import partial
 
+import requests
 import sqlalchemy as sa
 
 from app.gateways.signing import sign
@@ -66,6 +67,18 @@ def count_fulfilled(database_url: str, tx_ids: list[str]) -> int:
     return count
 
 
+def statement_sharing(app_url: str) -> str:
+    """How many deliveries' writes shared a statement on the app's side (group commit), from /metrics."""
+    sums, counts = {}, {}
+    for line in requests.get(app_url + "/metrics", timeout=10).text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            if line.startswith(f"checkout_group_write_items{suffix}{{"):
+                writer = line.split('writer="', 1)[1].split('"', 1)[0]
+                into[writer] = float(line.rsplit(" ", 1)[1])
+    return ", ".join(f"{writer} {sums[writer] / counts[writer]:.1f} items per statement "
+                     f"({counts[writer]:.0f} statements)" for writer in sorted(counts) if counts[writer]) or "none"
+
+
 # Yardsticks, each measured against the bare baseline in its own alternating rounds (--yardsticks):
 # (label, which server, path, whether it pays and fulfils the order). None is a target;
 # together they say where the time goes.
@@ -106,6 +119,7 @@ def main() -> None:
         pairs = compare_rounds("POST /payment-callback", rounds_of(real_ids, app_url + "/payment-callback"),
                                "bare verify+UPDATE", rounds_of(bare_ids, bare_url + "/bare/webhook"),
                                args.rounds, args.concurrency)
+        sharing = statement_sharing(app_url)
         if args.yardsticks:
             with gunicorn("bench.app_yardsticks:app", env, args.workers) as yardsticks_url:
                 servers = {"bare": bare_url, "yardsticks": yardsticks_url}
@@ -122,6 +136,7 @@ def main() -> None:
                         paid_by[label] = ids
     for label, ids in paid_by.items():
         print(f"orders fulfilled, {label}: {count_fulfilled(database_url, ids)} of {len(ids)}")
+    print(f"group commit, warm-up included: {sharing}")
     print(median_ratio_line("webhooks against the bare baseline", pairs, 0.7))
     for line in yardstick_lines:
         print(line)

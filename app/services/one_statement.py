@@ -10,9 +10,12 @@ transaction open, the callers take their statement-per-write route.
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from functools import cache
 
-from sqlalchemy import CTE, Row, String, Table, Update, bindparam, cast, func, select, union_all
+from sqlalchemy import CTE, JSON, Row, String, Table, Update, bindparam, cast, func, select, union_all
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from app.extensions import db
 from app.models import TransactionEvent
@@ -75,6 +78,49 @@ def run(statement, params: dict) -> Row | None:
     """
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         return connection.execute(statement, params).first()
+
+
+def run_all(statement, params: dict) -> list[Row]:
+    """``run``, every row."""
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return connection.execute(statement, params).all()
+
+
+def refused_whole(exc: DBAPIError) -> bool:
+    """The statement was refused as a whole, so it wrote nothing, for something one of its items
+    may have caused (a key taken, a guard, a bad value) or for a deadlock with another process's
+    statement: its items written one by one tell which, if any."""
+    return isinstance(exc, (IntegrityError, DataError)) or getattr(exc.orig, "sqlstate", None) == "40P01"
+
+
+def _as_text(value):
+    if isinstance(value, datetime):
+        return value.isoformat()  # naive UTC, read back to the microsecond by a timestamp column
+    raise TypeError(f"{type(value).__name__} is not written as JSON")
+
+
+def as_json(rows: list[dict]) -> str:
+    """Items for a statement's ``json_to_recordset``: nested dicts are written as the text
+    SQLAlchemy's JSON type writes (json.dumps), times as ISO 8601."""
+    return json.dumps(rows, default=_as_text)
+
+
+def populated(table: Table, names: list[str], alias: str = "row") -> str:
+    """The select list of ``names`` from ``alias``, a record made by ``json_populate_record(set)``
+    of ``table``'s row type. A JSON column's null stays the JSON ``null`` that SQLAlchemy
+    writes for Python's None (json_populate_record reads it as SQL NULL)."""
+    return ", ".join(f"COALESCE({alias}.{name}, 'null'::json)" if isinstance(table.c[name].type, JSON)
+                     else f"{alias}.{name}" for name in names)
+
+
+def lines_of(won: str, item: str) -> str:
+    """An INSERT of the timeline lines in ``item``'s ``lines`` (JSON rows made by
+    ``timeline.line``) of the items (by ``n``) that the CTE ``won`` returned, in their order."""
+    events = TransactionEvent.__table__
+    return (f"INSERT INTO {events.name} ({', '.join(timeline.COLUMNS)}) "
+            f"SELECT {populated(events, list(timeline.COLUMNS), 'line')} FROM {won} JOIN {item} USING (n), "
+            f"json_populate_recordset(NULL::{events.name}, {item}.lines) WITH ORDINALITY AS line "
+            f"ORDER BY {won}.n, line.ordinality")
 
 
 @cache

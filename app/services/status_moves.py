@@ -7,7 +7,8 @@ commit. Races between webhooks, polls, ops and processes resolve in the database
 
 ``apply_reported_success`` is its route of one statement on PostgreSQL for the move it makes
 most (a success delivered for a pending payment): the same table, the same compare-and-set and
-the same rows, or nothing written and the general route taken.
+the same rows, or nothing written and the general route taken. Deliveries arriving together
+share that statement (group_writes), each still its own compare-and-set.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from datetime import datetime
 from functools import cache
 from typing import Callable
 
-from sqlalchemy import Table, and_, bindparam, case, func, literal_column, select
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy import and_, bindparam, case, func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from app.connections import lost_connection, retry_on_lost_connection
 from app.domain.status import Decision, Outcome, Status, decide
 from app.extensions import db
 from app.metrics import STATUS_MOVES
-from app.models import Order, OrderStatus, Transaction, TransactionEvent
+from app.models import Order, OrderStatus, Transaction, TransactionEvent, WebhookEvent
 from app.models.clock import plausible_id, utcnow
-from app.services import one_statement, timeline
+from app.services import group_writes, one_statement, timeline
 from app.services.errors import transaction_not_found
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ DUPLICATE_PAYMENT = "duplicate_payment_refund_owed"  # the review reason of a se
 # The writes of a move as Core statements built once: they run on every webhook, poll and
 # ops action, and a cached statement with bound values skips the ORM's per-call work.
 _transactions, _orders, _events = Transaction.__table__, Order.__table__, TransactionEvent.__table__
+_webhook_events = WebhookEvent.__table__
 # What a move writes, and what paying its order writes (the winner also takes the order's
 # fulfillment claim): shared by the general route and the one-statement route below.
 _MOVED_VALUES = dict(status=bindparam("to_status"), updated_at=bindparam("now"), next_check_at=None, lease_until=None)
@@ -236,37 +238,88 @@ def _after_move(transaction_id: str, order_id: str, decision: Decision, source: 
         run_claimed(order_id, transaction_id, now, source=source)
 
 
-@cache
-def _success_in_one_statement(extra: Table, extra_columns: tuple[str, ...], lines: int):
-    """The statement of ``apply_reported_success``, built once per shape.
+# The success statement of ``apply_reported_success``, for any number of deliveries at once
+# (group_writes). Each item is one delivery: its compare-and-set from pending (with the money
+# and no refund reported first; and its webhook-id not stored yet, so a redelivery does not
+# fail the others' statement), its order paid with its claim, then its timeline lines and its
+# delivery row, written only if its own move was. It writes per item what the general route's
+# _MOVE, _PAY_ORDER and timeline write (tests/services/test_one_statement.py compares them
+# column by column). The last column divides by zero when a payment moved but its order was
+# not open: that undoes the whole statement, whose items are then written one by one.
+_SUCCESSES = """
+WITH item AS (
+    SELECT * FROM json_to_recordset(CAST(:items AS json))
+        AS item(n integer, tx_id text, amount bigint, currency text, now timestamp, lines json, delivery json)
+), moved AS (
+    UPDATE transactions SET status = :to_status, updated_at = item.now, next_check_at = NULL, lease_until = NULL
+    FROM item
+    WHERE transactions.id = item.tx_id AND transactions.status = :from_status
+        AND transactions.amount = item.amount AND transactions.currency = item.currency
+        AND transactions.refund_reported IS NULL
+        AND NOT EXISTS (SELECT FROM webhook_events AS seen WHERE seen.gateway = item.delivery->>'gateway'
+                        AND seen.webhook_id = item.delivery->>'webhook_id')
+    RETURNING item.n, transactions.id, transactions.order_id, item.now
+), paid AS (
+    UPDATE orders SET status = 'paid', paid_transaction_id = moved.id, paid_at = moved.now, updated_at = moved.now,
+        fulfillment_claimed_at = moved.now, fulfillment_attempts = orders.fulfillment_attempts + 1
+    FROM moved
+    WHERE orders.id = moved.order_id AND orders.status = 'open'
+    RETURNING orders.id
+), lines AS ({lines}
+), deliveries AS (
+    INSERT INTO webhook_events ({delivery_columns})
+    SELECT {delivery_values}
+    FROM moved JOIN item USING (n), json_populate_record(NULL::webhook_events, item.delivery) AS row
+    ORDER BY moved.n
+)
+SELECT moved.n, moved.order_id,
+    1 / (1 + (SELECT count(*) FROM paid) - (SELECT count(*) FROM moved)) AS all_or_nothing
+FROM moved
+"""
 
-    Data-modifying CTEs: the compare-and-set from pending (with the money and no refund reported
-    first in its WHERE), the order paid with its claim, and the rows written only if the move
-    was. The last column divides by zero when the payment moved but its order was not open (paid
-    by another payment already): that error undoes the whole statement, which then wrote nothing.
-    """
-    moved = (
-        _transactions.update()
-        .where(_transactions.c.id == bindparam("tx_id"), _transactions.c.status == bindparam("from_status"),
-               _transactions.c.amount == bindparam("reported_amount"),
-               _transactions.c.currency == bindparam("reported_currency"),
-               _transactions.c.refund_reported.is_(None))
-        .values(**_MOVED_VALUES)
-        .returning(_transactions.c.order_id)
-        .cte("moved")
-    )
-    paid = (
-        _orders.update()
-        .where(_orders.c.id == select(moved.c.order_id).scalar_subquery(), _orders.c.status == OrderStatus.OPEN.value)
-        .values(**_PAID_VALUES)
-        .returning(_orders.c.id)
-        .cte("paid")
-    )
-    moved_count, paid_count = one_statement.count(moved), one_statement.count(paid)
-    return (select(select(moved.c.order_id).scalar_subquery().label("order_id"),
-                   (literal_column("1") / (literal_column("1") + paid_count - moved_count)).label("all_or_nothing"))
-            .add_cte(one_statement.rows_if(moved, _events, timeline.COLUMNS, lines, "line"),
-                     one_statement.rows_if(moved, extra, extra_columns, 1, "extra")))
+
+@cache
+def _successes_statement():
+    delivery = [column.name for column in _webhook_events.columns if column.name != "id"]
+    return text(_SUCCESSES.format(lines=one_statement.lines_of("moved", "item"),
+                                  delivery_columns=", ".join(delivery),
+                                  delivery_values=one_statement.populated(_webhook_events, delivery)))
+
+
+@dataclass(frozen=True)
+class _Success:
+    """One delivery's part of the success statement."""
+
+    transaction_id: str
+    amount: int
+    currency: str
+    now: datetime
+    lines: list[dict]
+    delivery: dict
+
+    def keys(self) -> tuple:
+        """Rows only one item of a statement may touch: its payment, and its delivery's key."""
+        return ("txn", self.transaction_id), ("delivery", self.delivery["gateway"], self.delivery["webhook_id"])
+
+
+def _write_successes(items: list[_Success]) -> list[str | None]:
+    """For each item, the order its move paid, or None when it wrote nothing (one statement for all)."""
+    decision = decide(Status.PENDING, Status.SUCCESS)
+    params = {"from_status": decision.current.value, "to_status": decision.target.value,
+              "items": one_statement.as_json([
+                  {"n": n, "tx_id": item.transaction_id, "amount": item.amount, "currency": item.currency,
+                   "now": item.now, "lines": item.lines, "delivery": item.delivery}
+                  for n, item in enumerate(items)])}
+    try:
+        rows = one_statement.run_all(_successes_statement(), params)
+    except DBAPIError as exc:
+        if not one_statement.refused_whole(exc):
+            raise
+        if len(items) == 1:  # the guard, a webhook-id stored meanwhile, a bad value, a deadlock
+            return [None]  # it wrote nothing; the general route meets the same and answers as ever
+        return [_write_successes([item])[0] for item in items]  # find which: each alone
+    paid = {row.n: row.order_id for row in rows}
+    return [paid.get(n) for n in range(len(items))]
 
 
 _PAID_BY_MOVE = select(_orders.c.id).where(_orders.c.paid_transaction_id == bindparam("tx_id"),
@@ -281,16 +334,17 @@ def _paid_by_move(transaction_id: str, now: datetime) -> str | None:
 
 
 def apply_reported_success(transaction_id: str, amount: int, currency: str, *, source: str, detail: dict,
-                           lines: list[dict], extra: Table, extra_row: dict) -> MoveResult | None:
+                           lines: list[dict], delivery: dict) -> MoveResult | None:
     """apply_status's route of one statement, on PostgreSQL, for the report it gets most: a
     success for a pending payment, with the payment's money, whose order is still open.
 
     The transition table decides the move as for any caller; the compare-and-set, the order
     paid with its fulfillment claim, the timeline (``lines`` then the move's own line) and the
-    caller's ``extra_row`` into ``extra`` are then one statement, committed alone: one round trip
-    where apply_status takes several. Anything else (another status, other money, a refund
-    reported first, an order already paid, ``extra_row`` already there, an unknown payment, or
-    SQLite) writes nothing and returns None: the caller then takes the general route, which
+    ``delivery`` row (webhook_events) are then one statement, committed alone, shared with the
+    other deliveries being written at that moment (group_writes): one round trip where
+    apply_status takes several. Anything else (another status, other money, a refund reported
+    first, an order already paid, the delivery's webhook-id already stored, an unknown payment,
+    or SQLite) writes nothing and returns None: the caller then takes the general route, which
     handles every case. After the commit it goes on as apply_status does (push, handler).
     """
     decision = decide(Status.PENDING, Status.SUCCESS)
@@ -302,14 +356,9 @@ def apply_reported_success(transaction_id: str, amount: int, currency: str, *, s
     moves = timeline.line(transaction_id, "status", source, f"status {decision.current} -> {decision.target}",
                           outcome=Outcome.APPLIED.value, from_status=decision.current, to_status=decision.target,
                           detail=detail)
+    item = _Success(transaction_id, amount, currency, now, [*lines, moves], delivery)
     try:
-        row = one_statement.run(_success_in_one_statement(extra, tuple(extra_row), len(lines) + 1), {
-            "tx_id": transaction_id, "from_status": decision.current.value, "to_status": decision.target.value,
-            "now": now, "reported_amount": amount, "reported_currency": currency,
-            **one_statement.row_params("line", [*lines, moves]), **one_statement.row_params("extra", [extra_row]),
-        })
-    except (IntegrityError, DataError):  # extra_row's key taken, the order not open (the guard), a bad value
-        return None  # the statement wrote nothing; the general route meets the same and answers as ever
+        order_id = group_writes.writer("successes", _write_successes, _Success.keys).submit(item)
     except DBAPIError as exc:
         if not lost_connection(exc):
             raise
@@ -321,8 +370,7 @@ def apply_reported_success(transaction_id: str, amount: int, currency: str, *, s
             raise  # it was not: the request answers 503 and the gateway delivers again
         log.warning("txn=%s connection lost under its success statement, which had committed", transaction_id)
     else:
-        if row.order_id is None:  # not moved: nothing was written
+        if order_id is None:  # not moved: nothing was written
             return None
-        order_id = row.order_id
     _after_move(transaction_id, order_id, decision, source, now, flag=None, fulfil=True)
     return MoveResult(transaction_id, decision, order_paid=True, claimed_at=now)

@@ -112,8 +112,7 @@ def receive(verified: VerifiedEvent | WebhookRejected, body: bytes, remote_addr:
 
     if _reports_status(event) and event.status == Status.SUCCESS and apply_reported_success(
             event.transaction_id, event.amount, event.currency, source="webhook", detail=_move_detail(event, summary),
-            lines=[_received_line(event.transaction_id, event, summary)],
-            extra=WebhookEvent.__table__, extra_row=delivery(Outcome.APPLIED.value)):
+            lines=[_received_line(event.transaction_id, event, summary)], delivery=delivery(Outcome.APPLIED.value)):
         WEBHOOKS.labels(Outcome.APPLIED.value).inc()  # the common delivery, in one statement on PostgreSQL
         return WebhookOutcome(True, Outcome.APPLIED.value, "Received.")
 

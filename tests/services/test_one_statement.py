@@ -4,18 +4,22 @@ It must leave exactly the rows the general route leaves, or nothing at all, what
 """
 
 import json
+import threading
+import time
 from datetime import datetime
 
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
 from app.extensions import db, socketio
 from app.models import Order, Transaction, TransactionEvent, WebhookEvent
-from app.services import one_statement
-from app.services.status_moves import apply_reported_success
+from app.models.clock import utcnow
+from app.services import one_statement, timeline
+from app.services.fulfillment import _Finished, _write_finishes
+from app.services.status_moves import _Success, _write_successes, apply_reported_success
 from tests import fulfillment_probe
 from tests.conftest import place_order, post_webhook, probed_app, sign, start_payment, status_event
 
@@ -27,20 +31,24 @@ def pg_app(make_pg_app, postgres_url):
 
 @pytest.fixture
 def routes_taken(monkeypatch):
-    """Whether each one-statement attempt wrote (its first column: the order paid, or how many
-    rows were changed; False when it failed, and so wrote nothing)."""
-    taken, real_run = [], one_statement.run
+    """Whether each one-statement attempt wrote (a row returned: the order paid or finished, or
+    for ``run`` its first column: how many rows were changed; False when it failed, and so wrote
+    nothing)."""
+    taken = []
 
-    def run(statement, params):
-        try:
-            row = real_run(statement, params)
-        except Exception:
-            taken.append(False)
-            raise
-        taken.append(row[0] not in (None, 0))
-        return row
+    def watched(real, wrote):
+        def call(statement, params):
+            try:
+                result = real(statement, params)
+            except Exception:
+                taken.append(False)
+                raise
+            taken.append(wrote(result))
+            return result
+        return call
 
-    monkeypatch.setattr(one_statement, "run", run)
+    monkeypatch.setattr(one_statement, "run", watched(one_statement.run, lambda row: row[0] not in (None, 0)))
+    monkeypatch.setattr(one_statement, "run_all", watched(one_statement.run_all, bool))
     return taken
 
 
@@ -77,6 +85,11 @@ def _written(app, tx_id: str, order_id: str, msg_id: str) -> dict:
             "timeline": [row(TransactionEvent, line) for line in lines],
             "deliveries": [row(WebhookEvent, hook) for hook in db.session.scalars(
                 select(WebhookEvent).where(WebhookEvent.transaction_id == tx_id))],
+            # SQLAlchemy writes Python's None to a JSON column as JSON null, and reads both back as None
+            "sql_null_json": db.session.execute(text(
+                "SELECT (SELECT count(*) FROM transaction_events WHERE transaction_id = :t AND detail IS NULL) "
+                "+ (SELECT count(*) FROM webhook_events WHERE transaction_id = :t AND payload IS NULL)"),
+                {"t": tx_id}).scalar(),
         }
 
 
@@ -145,9 +158,9 @@ def test_an_order_paid_already_leaves_no_trace_of_the_one_statement_attempt(pg_a
 def _attempt(app, tx_id: str, amount, webhook_id: str = "msg_direct") -> object:
     with app.test_request_context():
         return apply_reported_success(
-            tx_id, amount, "USD", source="webhook", detail={}, lines=[], extra=WebhookEvent.__table__,
-            extra_row={"gateway": "sandbox", "webhook_id": webhook_id, "event_type": "payment.status_changed",
-                       "outcome": "applied", "received_at": datetime(2026, 1, 1)})
+            tx_id, amount, "USD", source="webhook", detail={}, lines=[],
+            delivery={"gateway": "sandbox", "webhook_id": webhook_id, "event_type": "payment.status_changed",
+                      "outcome": "applied", "received_at": datetime(2026, 1, 1)})
 
 
 @pytest.mark.parametrize("case", ["other_amount", "webhook_id_taken", "refund_reported_first", "not_pending"])
@@ -241,10 +254,10 @@ def test_a_connection_lost_under_the_statement(pg_app, gateway, monkeypatch, com
     client = pg_app.test_client()
     order_id = place_order(client)["order_id"]
     tx_id = start_payment(client, gateway, order_id)["transaction_id"]
-    real_run, lost = one_statement.run, []
+    real_run, lost = one_statement.run_all, []
 
-    def run(statement, params):
-        if "reported_amount" in params and not lost:  # the success statement, once
+    def run_all(statement, params):
+        if '"tx_id"' in params["items"] and not lost:  # the success statement, once
             lost.append(True)
             if committed:
                 real_run(statement, params)
@@ -252,7 +265,7 @@ def test_a_connection_lost_under_the_statement(pg_app, gateway, monkeypatch, com
                                    psycopg.OperationalError("server closed the connection"))
         return real_run(statement, params)
 
-    monkeypatch.setattr(one_statement, "run", run)
+    monkeypatch.setattr(one_statement, "run_all", run_all)
     socket = socketio.test_client(pg_app)
     socket.emit("join", {"transaction_id": tx_id})
     socket.get_received()
@@ -272,3 +285,140 @@ def test_a_connection_lost_under_the_statement(pg_app, gateway, monkeypatch, com
         assert db.session.get(Order, order_id).status == "fulfilled"
         assert db.session.scalars(select(TransactionEvent.outcome).where(
             TransactionEvent.transaction_id == tx_id, TransactionEvent.kind == "status")).all() == ["applied"]
+
+
+# Group commit: the same statements carry several deliveries (or finishes) at once.
+
+def _payment(client, gateway) -> tuple[str, str]:
+    order_id = place_order(client)["order_id"]
+    return order_id, start_payment(client, gateway, order_id)["transaction_id"]
+
+
+def _success_item(tx_id: str, webhook_id: str) -> _Success:
+    return _Success(tx_id, 1999, "USD", utcnow(), [
+        timeline.line(tx_id, "webhook", "webhook", "webhook: gateway says success", outcome="received"),
+        timeline.line(tx_id, "status", "webhook", "status pending -> success", outcome="applied",
+                      from_status="pending", to_status="success")],
+        {"gateway": "sandbox", "webhook_id": webhook_id, "transaction_id": tx_id,
+         "event_type": "payment.status_changed", "status": "success", "amount": 1999, "currency": "USD",
+         "outcome": "applied", "payload": {"n": 1}, "received_at": utcnow()})
+
+
+def test_one_item_that_cannot_be_written_leaves_the_others_of_its_statement_written(
+        pg_app, gateway, pg_admin, routes_taken):
+    """The statement fails whole (a payment whose order is paid already trips the guard; a
+    webhook-id too long for its column): its items are then written one by one, so each of
+    the others is written and only the bad ones are left to the general route."""
+    client = pg_app.test_client()
+    payments = [_payment(client, gateway) for _ in range(4)]
+    pg_admin.exec_driver_sql("UPDATE orders SET status = 'paid' WHERE id = %s", (payments[1][0],))
+    items = [_success_item(tx_id, f"msg_batch_{n}") for n, (_, tx_id) in enumerate(payments)]
+    items[3] = _success_item(payments[3][1], "m" * 300)
+    routes_taken.clear()
+    with pg_app.app_context():
+        paid = _write_successes(items)
+    assert paid == [payments[0][0], None, payments[2][0], None]
+    assert routes_taken == [False, True, False, True, False]  # all four, then each alone
+    with pg_app.app_context():
+        statuses = [db.session.get(Transaction, tx_id).status for _, tx_id in payments]
+        assert statuses == ["success", "pending", "success", "pending"]
+        orders = [db.session.get(Order, order_id) for order_id, _ in payments]
+        assert [(order.status, order.paid_transaction_id) for order in orders] == [
+            ("paid", payments[0][1]), ("paid", None), ("paid", payments[2][1]), ("open", None)]
+        assert db.session.scalars(select(WebhookEvent.webhook_id).order_by(WebhookEvent.webhook_id)).all() == [
+            "msg_batch_0", "msg_batch_2"]
+        for _, tx_id in payments:
+            kinds = db.session.scalars(select(TransactionEvent.outcome).where(
+                TransactionEvent.transaction_id == tx_id, TransactionEvent.source == "webhook")
+                .order_by(TransactionEvent.id)).all()
+            assert kinds == (["received", "applied"] if tx_id in (payments[0][1], payments[2][1]) else [])
+
+
+def test_finishes_in_one_statement_finish_only_the_orders_whose_claim_holds(pg_app, gateway, pg_admin):
+    client = pg_app.test_client()
+    payments = [_payment(client, gateway) for _ in range(3)]
+    claimed = datetime(2026, 1, 1, 12, 0, 0, 123456)
+    for order_id, tx_id in payments:
+        pg_admin.exec_driver_sql("UPDATE orders SET status = 'paid', paid_transaction_id = %s, "
+                                 "fulfillment_claimed_at = %s WHERE id = %s", (tx_id, claimed, order_id))
+    pg_admin.exec_driver_sql("UPDATE orders SET fulfillment_claimed_at = now() WHERE id = %s", (payments[1][0],))
+    done = utcnow()
+    items = [_Finished(order_id, claimed, done, [timeline.line(tx_id, "fulfillment", "webhook", "order fulfilled",
+                                                               outcome="ok")]) for order_id, tx_id in payments]
+    with pg_app.app_context():
+        assert _write_finishes(items) == [1, 0, 1]  # the second's claim was taken over
+        orders = [db.session.get(Order, order_id) for order_id, _ in payments]
+        assert [(order.status, order.fulfilled_at) for order in orders] == [
+            ("fulfilled", done), ("paid", None), ("fulfilled", done)]
+        assert [db.session.scalars(select(TransactionEvent.summary).where(TransactionEvent.transaction_id == tx_id,
+                                                                          TransactionEvent.kind == "fulfillment"))
+                .all() for _, tx_id in payments] == [["order fulfilled"], [], ["order fulfilled"]]
+
+
+def test_a_statement_ended_by_a_deadlock_is_written_item_by_item(pg_app, gateway, monkeypatch):
+    """Another process's statement locking the same payments in the other order: PostgreSQL ends
+    one of the two, which wrote nothing; its items are then written one by one."""
+    client = pg_app.test_client()
+    payments = [_payment(client, gateway) for _ in range(2)]
+    real_run, calls = one_statement.run_all, []
+
+    def run_all(statement, params):
+        calls.append(params["items"].count('"tx_id"'))
+        if len(calls) == 1:
+            raise OperationalError("the success statement", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
+        return real_run(statement, params)
+
+    monkeypatch.setattr(one_statement, "run_all", run_all)
+    with pg_app.app_context():
+        paid = _write_successes([_success_item(tx_id, f"msg_dl_{tx_id}") for _, tx_id in payments])
+    assert paid == [order_id for order_id, _ in payments]
+    assert calls == [2, 1, 1]
+
+
+def test_deliveries_that_queue_behind_a_statement_share_the_next_and_each_is_written_as_alone(
+        pg_app, gateway, monkeypatch, routes_taken):
+    """Eight deliveries for eight payments arrive while a ninth's statement is out: they go
+    out as one statement, and each payment, order, timeline and delivery row is what a
+    delivery alone writes; each order's handler runs once, and each is finished."""
+    client = pg_app.test_client()
+    payments = [_payment(client, gateway) for _ in range(9)]
+    alone = _deliver_success(pg_app, client, gateway, 0, [])  # for comparison: one delivery by itself
+    fulfillment_probe.reset()
+    held, release, real_run, sizes = threading.Event(), threading.Event(), one_statement.run_all, []
+
+    def run_all(statement, params):
+        sizes.append(params["items"].count('"tx_id"'))  # success items (a finish's have none)
+        if not held.is_set():
+            held.set()
+            assert release.wait(20)
+        return real_run(statement, params)
+
+    monkeypatch.setattr(one_statement, "run_all", run_all)
+    signed = [sign(status_event(tx_id, "success", 1999), msg_id=f"msg_queued_{n}") for n, (_, tx_id) in
+              enumerate(payments)]
+    answers = [None] * len(payments)
+
+    def deliver(n):
+        answers[n] = pg_app.test_client().post("/payment-callback", data=signed[n][0], headers=signed[n][1])
+
+    first = threading.Thread(target=deliver, args=(0,))
+    first.start()
+    assert held.wait(20)
+    rest = [threading.Thread(target=deliver, args=(n,)) for n in range(1, len(payments))]
+    for thread in rest:
+        thread.start()
+    writer = pg_app.extensions["group_writes"]["successes"]
+    for _ in range(2000):
+        with writer._lock:
+            if len(writer._waiting) == len(rest):
+                break
+        time.sleep(0.005)
+    routes_taken.clear()
+    release.set()
+    for thread in [first, *rest]:
+        thread.join(30)
+    assert [(a.status_code, a.get_json()["outcome"]) for a in answers] == [(200, "applied")] * len(payments)
+    assert sorted(fulfillment_probe.calls) == sorted(payments)
+    assert [size for size in sizes if size] == [1, 8]  # the eight that waited went out together
+    for n, (order_id, tx_id) in enumerate(payments):
+        assert _written(pg_app, tx_id, order_id, f"msg_queued_{n}") == alone[1]

@@ -1,0 +1,128 @@
+"""Group commit: the same one-statement write of several concurrent requests, sent as one statement.
+
+A webhook's writes on PostgreSQL are a statement each (``one_statement``), and what a statement
+costs the worker is mostly its round trip: the driver's send and wait, SQLAlchemy's execute,
+the server's commit. When deliveries arrive together, the first one to write becomes the
+leader: it sends its own item together with every item that queued meanwhile, in one statement
+that commits alone, and hands each caller its own result. While that statement is out, the next
+items queue; the oldest of them leads the next statement. A request alone writes alone, as
+before, and waits for nothing but its own statement.
+
+What the statement does for each item is decided item by item inside it (each item its own
+compare-and-set), so batching changes how many round trips are made, never what is written.
+Two items that would touch the same row (``keys``) never share a statement: the later one waits
+for the next. The writer function is given the items and returns one result per item (or an
+exception for that item); an exception it raises is raised to every caller of that statement.
+One writer per app and purpose (``writer``); works with threads and with gevent's greenlets.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Generic, Hashable, Iterable, TypeVar
+
+from flask import current_app
+
+from app.metrics import GROUP_WRITE_ITEMS
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+MOST_ITEMS = 64  # items in one statement: enough for any burst one worker takes at once
+
+
+class _Slot(Generic[Item]):
+    """One caller's item, and what became of it."""
+
+    __slots__ = ("item", "keys", "ready", "leads", "result", "error")
+
+    def __init__(self, item, keys: Iterable[Hashable]) -> None:
+        self.item, self.keys = item, frozenset(keys)
+        self.ready = threading.Event()  # set when written (or when handed the lead)
+        self.leads = False
+        self.result = None
+        self.error: BaseException | None = None
+
+
+class WriterInterrupted(RuntimeError):
+    """The caller that was writing a statement with this item was interrupted before it was answered
+    (whether the statement committed is not known)."""
+
+
+class GroupWriter(Generic[Item, Result]):
+    """Sends concurrent callers' items through ``write`` together, one statement at a time."""
+
+    def __init__(self, name: str, write: Callable[[list], list], keys: Callable[[object], Iterable[Hashable]],
+                 most: int = MOST_ITEMS) -> None:
+        self._write, self._keys, self._most = write, keys, most
+        self._items_per_statement = GROUP_WRITE_ITEMS.labels(name)
+        self._lock = threading.Lock()
+        self._waiting: list[_Slot] = []
+        self._writing = False  # a leader is writing (or about to): new items wait for it
+
+    def submit(self, item: Item) -> Result:
+        """Write ``item`` with whatever else is waiting, and return its result (or raise its error)."""
+        slot = _Slot(item, self._keys(item))
+        with self._lock:
+            self._waiting.append(slot)
+            slot.leads = not self._writing
+            self._writing = True
+        if not slot.leads:
+            slot.ready.wait()
+        if slot.leads:  # the first to come, or handed the lead as the oldest one waiting
+            self._write_next()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def _take(self) -> list[_Slot]:
+        """The oldest waiting items, at most ``most``, no two sharing a key (the oldest always goes)."""
+        batch, rest, taken = [], [], set()
+        for slot in self._waiting:
+            if len(batch) < self._most and taken.isdisjoint(slot.keys):
+                batch.append(slot)
+                taken |= slot.keys
+            else:
+                rest.append(slot)
+        self._waiting = rest
+        return batch
+
+    def _write_next(self) -> None:
+        """Write one statement's worth of items (the leader's own first), answer their callers,
+        and hand the lead to the oldest item still waiting."""
+        with self._lock:
+            batch = self._take()
+        self._items_per_statement.observe(len(batch))
+        try:
+            results = self._write([slot.item for slot in batch])
+            for slot, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    slot.error = result
+                else:
+                    slot.result = result
+        except Exception as exc:  # the statement failed for all of them
+            for slot in batch:
+                slot.error = exc
+        except BaseException as exc:  # the leader itself is being stopped: it re-raises, the others learn why
+            for slot in batch[1:]:
+                slot.error = WriterInterrupted(f"the statement's writer stopped: {type(exc).__name__}")
+            batch[0].error = exc
+        finally:
+            with self._lock:
+                after = self._waiting[0] if self._waiting else None
+                if after is None:
+                    self._writing = False
+                else:
+                    after.leads = True
+            for slot in batch[1:]:
+                slot.ready.set()
+            if after is not None:
+                after.ready.set()
+
+
+def writer(name: str, write: Callable[[list], list], keys: Callable[[object], Iterable[Hashable]]) -> GroupWriter:
+    """The app's one writer for ``name`` (made on first use)."""
+    writers = current_app.extensions.setdefault("group_writes", {})
+    found = writers.get(name)
+    if found is None:  # two first uses at once: one writer is kept, and both use it
+        found = writers.setdefault(name, GroupWriter(name, write, keys))
+    return found

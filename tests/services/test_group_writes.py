@@ -1,0 +1,185 @@
+"""Group commit's writer: concurrent callers' items go out together, each gets its own answer.
+
+Plain threads and a recording write function: no Flask, no database (the statements it drives
+are tested on PostgreSQL in test_one_statement.py).
+"""
+
+import threading
+
+import pytest
+
+from app.services.group_writes import GroupWriter, WriterInterrupted
+
+
+class Recorder:
+    """A write function that records each statement's items, and can be held open until released."""
+
+    def __init__(self, answer=lambda item: item * 10):
+        self.statements: list[list] = []
+        self.answer = answer
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, items: list) -> list:
+        self.statements.append(list(items))
+        self.entered.set()
+        assert self.release.wait(10)
+        return [self.answer(item) for item in items]
+
+
+def submit_all(writer: GroupWriter, items: list) -> tuple[list, list]:
+    """Submit each item from its own thread; (results by item, exceptions by item)."""
+    results, errors = [None] * len(items), [None] * len(items)
+
+    def one(index):
+        try:
+            results[index] = writer.submit(items[index])
+        except BaseException as exc:
+            errors[index] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(items))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in threads)
+    return results, errors
+
+
+def waiting_count(writer: GroupWriter) -> int:
+    with writer._lock:
+        return len(writer._waiting)
+
+
+def hold_first_statement(writer: GroupWriter, record: Recorder, first, rest: list) -> tuple[list, list]:
+    """The first item's statement is held open while ``rest`` queue behind it; then all are released."""
+    record.release.clear()
+    results, errors = [None] * (len(rest) + 1), [None] * (len(rest) + 1)
+
+    def one(index, item):
+        try:
+            results[index] = writer.submit(item)
+        except BaseException as exc:
+            errors[index] = exc
+
+    leader = threading.Thread(target=one, args=(0, first))
+    leader.start()
+    assert record.entered.wait(10)
+    others = [threading.Thread(target=one, args=(i + 1, item)) for i, item in enumerate(rest)]
+    for thread in others:
+        thread.start()
+    for _ in range(1000):
+        if waiting_count(writer) == len(rest):
+            break
+        threading.Event().wait(0.005)
+    assert waiting_count(writer) == len(rest)
+    record.release.set()
+    for thread in [leader, *others]:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in [leader, *others])
+    return results, errors
+
+
+def test_an_item_alone_is_written_alone_at_once():
+    record = Recorder()
+    writer = GroupWriter("test", record, keys=lambda item: [item])
+    assert writer.submit(3) == 30
+    assert writer.submit(4) == 40
+    assert record.statements == [[3], [4]]
+
+
+def test_items_that_queue_behind_a_statement_share_the_next_one_and_each_gets_its_own_answer():
+    record = Recorder()
+    writer = GroupWriter("test", record, keys=lambda item: [item])
+    results, errors = hold_first_statement(writer, record, 0, list(range(1, 9)))
+    assert errors == [None] * 9
+    assert results == [n * 10 for n in range(9)]
+    assert record.statements[0] == [0]
+    assert sorted(record.statements[1]) == list(range(1, 9))  # the eight waiting went out together
+    assert len(record.statements) == 2
+
+
+def test_items_sharing_a_key_never_share_a_statement():
+    record = Recorder()
+    writer = GroupWriter("test", record, keys=lambda item: [item[0]])  # the key: the letter
+    items = [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("a", 3), ("b", 2)]
+    results, errors = hold_first_statement(writer, record, ("z", 0), items)
+    assert errors == [None] * 7
+    for statement in record.statements:
+        letters = [letter for letter, _ in statement]
+        assert len(letters) == len(set(letters)), statement
+    assert sorted(item for statement in record.statements for item in statement) == sorted([("z", 0), *items])
+    assert len(record.statements) == 4  # z alone, then a1 b1 c1, a2 b2, a3 (a's in their order)
+
+
+def test_at_most_the_limit_of_items_share_one_statement():
+    record = Recorder()
+    writer = GroupWriter("test", record, keys=lambda item: [item], most=3)
+    results, errors = hold_first_statement(writer, record, 0, list(range(1, 8)))
+    assert errors == [None] * 8 and results == [n * 10 for n in range(8)]
+    assert [len(statement) for statement in record.statements] == [1, 3, 3, 1]
+
+
+def test_an_item_s_own_error_goes_to_its_caller_only():
+    record = Recorder(answer=lambda item: ValueError(f"bad {item}") if item == 5 else item * 10)
+    writer = GroupWriter("test", record, keys=lambda item: [item])
+    results, errors = hold_first_statement(writer, record, 0, [4, 5, 6])
+    assert results == [0, 40, None, 60]
+    assert [type(error) for error in errors] == [type(None), type(None), ValueError, type(None)]
+    assert str(errors[2]) == "bad 5"
+
+
+def test_a_statement_that_fails_fails_for_each_of_its_callers_and_the_next_one_still_runs():
+    failed_once = []
+
+    def answer(item):
+        return item * 10
+
+    class Failing(Recorder):
+        def __call__(self, items):
+            result = super().__call__(items)
+            if len(items) > 1 and not failed_once:
+                failed_once.append(True)
+                raise RuntimeError("the statement failed")
+            return result
+
+    record = Failing(answer)
+    writer = GroupWriter("test", record, keys=lambda item: [item])
+    results, errors = hold_first_statement(writer, record, 0, [1, 2, 3])
+    assert results[0] == 0 and errors[0] is None
+    assert [str(error) for error in errors[1:]] == ["the statement failed"] * 3
+    assert writer.submit(7) == 70  # the writer is free again
+
+
+def test_a_leader_stopped_mid_statement_tells_the_others_and_frees_the_writer():
+    stop = []
+
+    class Stopping(Recorder):
+        def __call__(self, items):
+            super().__call__(items)
+            if len(items) > 1 and not stop:
+                stop.append(True)
+                raise KeyboardInterrupt  # as a worker's shutdown would stop the greenlet writing
+            return [item * 10 for item in items]
+
+    record = Stopping()
+    writer = GroupWriter("test", record, keys=lambda item: [item])
+    results, errors = hold_first_statement(writer, record, 0, [1, 2, 3])
+    assert results[0] == 0
+    stopped = [error for error in errors[1:] if isinstance(error, KeyboardInterrupt)]
+    told = [error for error in errors[1:] if isinstance(error, WriterInterrupted)]
+    assert (len(stopped), len(told)) == (1, 2)  # the leader of the second statement, and its two followers
+    assert writer.submit(9) == 90
+
+
+@pytest.mark.parametrize("callers", [2, 16, 48])
+def test_many_callers_at_once_each_get_exactly_their_answer(callers):
+    record = Recorder()
+    writer = GroupWriter("test", record, keys=lambda item: [item % 5])
+    items = list(range(callers))
+    results, errors = submit_all(writer, items)
+    assert errors == [None] * callers
+    assert results == [n * 10 for n in items]
+    written = [item for statement in record.statements for item in statement]
+    assert sorted(written) == items  # each item written once
