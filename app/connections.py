@@ -105,13 +105,19 @@ _TRANSIENT_SQLSTATES = ("08", "57", "40", "53300", "55P03")
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
 
 
+class OutcomeUnknown(Exception):
+    """A statement was sent for this request and whether it committed is not known (its writer
+    was stopped before the answer came): like a connection lost under it."""
+
+
 def lost_connection(exc: BaseException) -> bool:
     """True when the database could not finish a statement for a passing reason: the connection
     broke (the server ended the session, the network dropped it, a failover), the server is
-    shutting down or refusing connections, a deadlock or a lock wait ended the transaction, or no
-    pooled connection came free in time. Trying again in a moment is the remedy for these; a
-    missing table, a syntax error or a constraint is not one of them (those are faults)."""
-    if isinstance(exc, PoolTimeoutError):
+    shutting down or refusing connections, a deadlock or a lock wait ended the transaction, no
+    pooled connection came free in time, or a statement's outcome is not known (OutcomeUnknown).
+    Trying again in a moment is the remedy for these; a missing table, a syntax error or a
+    constraint is not one of them (those are faults)."""
+    if isinstance(exc, (PoolTimeoutError, OutcomeUnknown)):
         return True
     if not isinstance(exc, DBAPIError):
         return False

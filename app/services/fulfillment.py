@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from functools import cache
+from datetime import timedelta
 from typing import Callable
 
 from flask import current_app
-from sqlalchemy import bindparam, exists, or_, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import bindparam, exists, or_, select, update
 
 from app.domain.status import Status
 from app.connections import retry_on_lost_connection
@@ -29,7 +26,7 @@ from app.extensions import db
 from app.metrics import FULFILLMENTS
 from app.models import Order, OrderStatus, Transaction
 from app.models.clock import utcnow
-from app.services import group_writes, one_statement, timeline
+from app.services import one_statement, timeline
 
 log = logging.getLogger(__name__)
 
@@ -137,75 +134,14 @@ def run_claimed(order_id: str, transaction_id: str, claimed_at, *, source: str =
     return True
 
 
-# _FINISH and its line for any number of orders at once (group_writes), each its own
-# compare-and-set on its claim; written alike by either (tests/services/test_one_statement.py).
-_FINISHES = """
-WITH item AS (
-    SELECT * FROM json_to_recordset(CAST(:items AS json))
-        AS item(n integer, order_id text, claimed_at timestamp, done timestamp, lines json)
-), finished AS (
-    UPDATE orders SET status = 'fulfilled', fulfilled_at = item.done, updated_at = item.done,
-        fulfillment_claimed_at = NULL
-    FROM item
-    WHERE orders.id = item.order_id AND orders.status = 'paid' AND orders.fulfillment_claimed_at = item.claimed_at
-    RETURNING item.n
-), lines AS ({lines}
-)
-SELECT n FROM finished
-"""
-
-
-@cache
-def _finishes_statement():
-    return text(_FINISHES.format(lines=one_statement.lines_of("finished", "item")))
-
-
-@dataclass(frozen=True)
-class _Finished:
-    """One order's part of the finishing statement."""
-
-    order_id: str
-    claimed_at: datetime
-    done: datetime
-    lines: list[dict]
-
-    def keys(self) -> tuple:
-        return (self.order_id,)
-
-
-def _write_finishes(items: list[_Finished]) -> list[int | Exception]:
-    """For each item, 1 when its order was marked fulfilled, else 0 (one statement for all)."""
-    try:
-        rows = one_statement.run_all(_finishes_statement(), {"items": one_statement.as_json([
-            {"n": n, "order_id": item.order_id, "claimed_at": item.claimed_at, "done": item.done, "lines": item.lines}
-            for n, item in enumerate(items)])})
-    except DBAPIError as exc:
-        if len(items) == 1 or not one_statement.refused_whole(exc):
-            raise
-        return [_alone(item) for item in items]  # one item's bad value, or another process's statement
-    finished = {row.n for row in rows}
-    return [1 if n in finished else 0 for n in range(len(items))]
-
-
-def _alone(item: _Finished) -> int | Exception:
-    try:
-        return _write_finishes([item])[0]
-    except DBAPIError as exc:
-        return exc
-
-
 def _finish(order_id: str, transaction_id: str, claimed_at, done, source: str) -> bool:
     """Mark the order fulfilled under the claim taken at ``claimed_at`` and commit; False when
     the claim was taken over. Safe to run again: a commit whose answer was lost has stamped
     the order with ``done``, and that is recognised as this run's own write. On PostgreSQL the
     write shares its statement with other orders finishing at the same moment (group_writes)."""
-    lines = [timeline.line(transaction_id, "fulfillment", source, "order fulfilled", outcome="ok")]
-    if one_statement.usable():
-        finished = group_writes.writer("finishes", _write_finishes, _Finished.keys).submit(
-            _Finished(order_id, claimed_at, done, lines))
-    else:
-        finished = one_statement.update_and_record(
-            _FINISH, {"order_id": order_id, "claimed_at": claimed_at, "done": done}, lines)
+    finished = one_statement.update_and_record(
+        _FINISH, {"order_id": order_id, "claimed_at": claimed_at, "done": done},
+        [timeline.line(transaction_id, "fulfillment", source, "order fulfilled", outcome="ok")], name="fulfilled")
     if finished != 1:
         db.session.rollback()
         return db.session.scalar(select(Order.fulfilled_at).where(Order.id == order_id)) == done

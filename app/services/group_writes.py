@@ -18,11 +18,13 @@ One writer per app and purpose (``writer``); works with threads and with gevent'
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Callable, Generic, Hashable, Iterable, TypeVar
 
 from flask import current_app
 
+from app.connections import OutcomeUnknown
 from app.metrics import GROUP_WRITE_ITEMS
 
 Item = TypeVar("Item")
@@ -43,9 +45,18 @@ class _Slot(Generic[Item]):
         self.error: BaseException | None = None
 
 
-class WriterInterrupted(RuntimeError):
-    """The caller that was writing a statement with this item was interrupted before it was answered
-    (whether the statement committed is not known)."""
+class WriterInterrupted(OutcomeUnknown):
+    """The caller that was writing a statement with this item was stopped before it was answered:
+    whether the statement committed is not known, as when a connection is lost under it."""
+
+
+def _own(error: BaseException) -> BaseException:
+    """A copy of an error shared by a statement's callers, for one of them to raise: raising one
+    object in several requests would grow one traceback across all of them."""
+    try:
+        return copy.copy(error)
+    except Exception:
+        return error
 
 
 class GroupWriter(Generic[Item, Result]):
@@ -67,12 +78,38 @@ class GroupWriter(Generic[Item, Result]):
             slot.leads = not self._writing
             self._writing = True
         if not slot.leads:
-            slot.ready.wait()
+            try:
+                slot.ready.wait()
+            except BaseException:  # stopped while waiting (a greenlet killed): leave without a trace
+                self._abandon(slot)
+                raise
         if slot.leads:  # the first to come, or handed the lead as the oldest one waiting
             self._write_next()
         if slot.error is not None:
             raise slot.error
         return slot.result
+
+    def _abandon(self, slot: _Slot) -> None:
+        """Take back the item of a caller that stopped waiting; if it had been handed the lead,
+        hand it on. An item already in a statement being written stays there."""
+        after = None
+        with self._lock:
+            if slot not in self._waiting:
+                return
+            self._waiting.remove(slot)
+            if slot.leads:
+                after = self._hand_on()
+        if after is not None:
+            after.ready.set()
+
+    def _hand_on(self) -> _Slot | None:
+        """(Under the lock.) The lead goes to the oldest item waiting, or the writer is free."""
+        after = self._waiting[0] if self._waiting else None
+        if after is None:
+            self._writing = False
+        else:
+            after.leads = True
+        return after
 
     def _take(self) -> list[_Slot]:
         """The oldest waiting items, at most ``most``, no two sharing a key (the oldest always goes)."""
@@ -91,8 +128,8 @@ class GroupWriter(Generic[Item, Result]):
         and hand the lead to the oldest item still waiting."""
         with self._lock:
             batch = self._take()
-        self._items_per_statement.observe(len(batch))
         try:
+            self._items_per_statement.observe(len(batch))
             results = self._write([slot.item for slot in batch])
             for slot, result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
@@ -100,19 +137,16 @@ class GroupWriter(Generic[Item, Result]):
                 else:
                     slot.result = result
         except Exception as exc:  # the statement failed for all of them
-            for slot in batch:
-                slot.error = exc
+            batch[0].error = exc
+            for slot in batch[1:]:
+                slot.error = _own(exc)
         except BaseException as exc:  # the leader itself is being stopped: it re-raises, the others learn why
             for slot in batch[1:]:
                 slot.error = WriterInterrupted(f"the statement's writer stopped: {type(exc).__name__}")
             batch[0].error = exc
         finally:
             with self._lock:
-                after = self._waiting[0] if self._waiting else None
-                if after is None:
-                    self._writing = False
-                else:
-                    after.leads = True
+                after = self._hand_on()
             for slot in batch[1:]:
                 slot.ready.set()
             if after is not None:

@@ -1,9 +1,13 @@
 """Writes that follow a compare-and-set, sent with it as one PostgreSQL statement.
 
 The busiest writes (a success delivery's move with its order and timeline, an order marked
-fulfilled with its timeline line) are a compare-and-set followed by rows that exist only if
-it won. On PostgreSQL they go as data-modifying CTEs in one statement that commits alone
-(autocommit): one round trip where BEGIN, a statement per write and COMMIT take several.
+fulfilled with its timeline line, a gateway page saved with its line) are a compare-and-set
+followed by rows that exist only if it won. On PostgreSQL they go as data-modifying CTEs in one
+statement that commits alone (autocommit): one round trip where BEGIN, a statement per write and
+COMMIT take several. Those written by several requests at the same moment share one statement
+(group commit, ``group_writes``): each request's values are a row of a JSON parameter, and its
+compare-and-set and rows are its own. The shared statements are the general route's own
+statements with their parameters substituted (``substituted``), so they write what it writes.
 SQLite has no data-modifying CTEs; there, and whenever a caller already has a database
 transaction open, the callers take their statement-per-write route.
 """
@@ -11,15 +15,21 @@ transaction open, the callers take their statement-per-write route.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
+from typing import Hashable
 
-from sqlalchemy import CTE, JSON, Row, String, Table, Update, bindparam, cast, func, select, union_all
+from sqlalchemy import (CTE, JSON, Integer, Row, String, Table, Update, bindparam, cast, column, func, literal_column,
+                        select, union_all)
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter
+from sqlalchemy.types import NullType, TypeEngine
 
 from app.extensions import db
 from app.models import TransactionEvent
-from app.services import timeline
+from app.services import group_writes, timeline
 
 
 def on_postgresql() -> bool:
@@ -45,11 +55,6 @@ def rows_where(condition, table: Table, columns: tuple[str, ...], count: int, pr
     rows = [select(*(cast(bindparam(f"{prefix}{number}_{name}", type_=table.c[name].type), _unsized(table.c[name].type))
                      for name in columns)).where(condition) for number in range(count)]
     return table.insert().from_select(columns, union_all(*rows)).cte(f"write_{prefix}")
-
-
-def rows_if(won: CTE, table: Table, columns: tuple[str, ...], count: int, prefix: str) -> CTE:
-    """``rows_where``: written only if ``won`` returned a row."""
-    return rows_where(select(*won.c).exists(), table, columns, count, prefix)
 
 
 def with_defaults(table: Table, row: dict) -> dict:
@@ -93,6 +98,12 @@ def refused_whole(exc: DBAPIError) -> bool:
     return isinstance(exc, (IntegrityError, DataError)) or getattr(exc.orig, "sqlstate", None) == "40P01"
 
 
+# Statements for several requests' writes at once (group_writes): each request is an item, a
+# row of a JSON parameter read by json_to_recordset, and the statement's named parameters become
+# that row's columns; the rows an item writes with it (timeline lines, a delivery) are a second
+# JSON parameter, each row tagged with its item's place ``n`` and its own place ``i``. One
+# prepared statement serves any number of items.
+
 def _as_text(value):
     if isinstance(value, datetime):
         return value.isoformat()  # naive UTC, read back to the microsecond by a timestamp column
@@ -100,44 +111,123 @@ def _as_text(value):
 
 
 def as_json(rows: list[dict]) -> str:
-    """Items for a statement's ``json_to_recordset``: nested dicts are written as the text
-    SQLAlchemy's JSON type writes (json.dumps), times as ISO 8601."""
+    """A JSON parameter's text: nested dicts as SQLAlchemy's JSON type writes them (json.dumps),
+    times in ISO 8601."""
     return json.dumps(rows, default=_as_text)
 
 
-def populated(table: Table, names: list[str], alias: str = "row") -> str:
-    """The select list of ``names`` from ``alias``, a record made by ``json_populate_record(set)``
-    of ``table``'s row type. A JSON column's null stays the JSON ``null`` that SQLAlchemy
-    writes for Python's None (json_populate_record reads it as SQL NULL)."""
-    return ", ".join(f"COALESCE({alias}.{name}, 'null'::json)" if isinstance(table.c[name].type, JSON)
-                     else f"{alias}.{name}" for name in names)
+def _json_rows(name: str, columns: dict[str, TypeEngine], alias: str):
+    return func.json_to_recordset(cast(bindparam(name, type_=String), JSON)).table_valued(
+        *(column(key, _unsized(type_)) for key, type_ in columns.items())).render_derived(alias, with_types=True)
 
 
-def lines_of(won: str, item: str) -> str:
-    """An INSERT of the timeline lines in ``item``'s ``lines`` (JSON rows made by
-    ``timeline.line``) of the items (by ``n``) that the CTE ``won`` returned, in their order."""
-    events = TransactionEvent.__table__
-    return (f"INSERT INTO {events.name} ({', '.join(timeline.COLUMNS)}) "
-            f"SELECT {populated(events, list(timeline.COLUMNS), 'line')} FROM {won} JOIN {item} USING (n), "
-            f"json_populate_recordset(NULL::{events.name}, {item}.lines) WITH ORDINALITY AS line "
-            f"ORDER BY {won}.n, line.ordinality")
+def items(columns: dict[str, TypeEngine]):
+    """The items of a statement for several at once, from the JSON parameter ``items``
+    (``item_params``): a FROM of ``n`` (the item's place) and ``columns``."""
+    return _json_rows("items", {"n": Integer(), **columns}, "item")
+
+
+def named_params(statement: Update) -> dict[str, TypeEngine]:
+    """The named parameters of an UPDATE, each with the type of the column it is compared with
+    or assigned to."""
+    types: dict[str, TypeEngine] = {}
+    for element in visitors.iterate(statement):
+        if isinstance(element, BindParameter) and not element.unique and not isinstance(element.type, NullType):
+            types.setdefault(element.key, element.type)
+    for name, value in statement._values.items():  # values(x=bindparam(...)) keep no type of their own
+        if isinstance(value, BindParameter) and not value.unique:
+            types.setdefault(value.key, statement.table.c[name].type)
+    return types
+
+
+def substituted(statement, values: dict):
+    """``statement`` with each named parameter in ``values`` replaced by the given column."""
+    return visitors.replacement_traverse(statement, {}, lambda element: values.get(element.key) if isinstance(
+        element, BindParameter) and not element.unique else None)
+
+
+def rows_written_by(won: CTE, table: Table, columns: tuple[str, ...], name: str) -> CTE:
+    """An INSERT into ``table`` of the rows in the JSON parameter ``name`` (``rows_of``) whose item
+    ``won`` returned (its ``n``), in the order given. A JSON column's null stays the JSON ``null``
+    that SQLAlchemy writes for Python's None (json_to_recordset reads it as SQL NULL)."""
+    given = _json_rows(name, {"n": Integer(), "i": Integer(), **{key: table.c[key].type for key in columns}}, name)
+    values = [func.coalesce(given.c[key], literal_column("'null'::json")) if isinstance(table.c[key].type, JSON)
+              else given.c[key] for key in columns]
+    return table.insert().from_select(columns, select(*values).where(given.c.n.in_(select(won.c.n)))
+                                      .order_by(given.c.n, given.c.i)).cte(f"write_{name}")
+
+
+def rows_of(rows_by_item: list[list[dict]]) -> str:
+    """The JSON parameter of ``rows_written_by``: each item's rows, in item order."""
+    return as_json([{**row, "n": n, "i": i} for n, rows in enumerate(rows_by_item) for i, row in enumerate(rows)])
+
+
+def item_params(rows: list[dict]) -> str:
+    """The JSON parameter of ``items``: one row a request, in item order."""
+    return as_json([{**row, "n": n} for n, row in enumerate(rows)])
+
+
+@dataclass(frozen=True)
+class _Update:
+    """One caller's part of an ``update_and_record`` statement."""
+
+    params: dict
+    lines: list[dict]
+    key: Hashable  # the row it updates: no other item of its statement may update it
 
 
 @cache
-def _update_and_lines(statement: Update, lines: int):
-    changed = statement.returning(*statement.table.primary_key.columns).cte("changed")
-    return select(count(changed).label("changed")).add_cte(
-        rows_if(changed, TransactionEvent.__table__, timeline.COLUMNS, lines, "line"))
+def _updates_together(statement: Update):
+    """``statement`` for any number of items, with each item's lines written if its row changed."""
+    item = items(named_params(statement))
+    changed = substituted(statement, dict(item.c)).returning(item.c.n).cte("changed")
+    return select(changed.c.n).add_cte(rows_written_by(changed, TransactionEvent.__table__, timeline.COLUMNS,
+                                                       "lines"))
 
 
-def update_and_record(statement: Update, params: dict, lines: list[dict]) -> int:
-    """Run a compare-and-set UPDATE and, if it changed a row, write the timeline ``lines`` and
-    commit; returns how many rows it changed. One statement on PostgreSQL when ``usable()``;
-    else the UPDATE in the session, and the lines with the session's commit. When it changed
-    nothing, nothing is committed (the session's transaction, if any, stays open). No key of
-    ``params`` may be a column's name: SQLAlchemy would read it as a value to SET."""
+@cache
+def _row_param(statement: Update) -> str:
+    """The named parameter ``statement`` compares its table's primary key with."""
+    for element in visitors.iterate(statement.whereclause):
+        if (isinstance(element, BinaryExpression) and element.operator is operators.eq
+                and isinstance(element.right, BindParameter) and not element.right.unique
+                and getattr(element.left, "primary_key", False) and element.left.table is statement.table):
+            return element.right.key
+    raise ValueError(f"{statement} names no row by its primary key")
+
+
+def _write_updates(statement: Update, updates: list[_Update]) -> list[int | Exception]:
+    """For each item, 1 when its row changed (and its lines were written), else 0: one statement."""
+    try:
+        rows = run_all(_updates_together(statement), {"items": item_params([u.params for u in updates]),
+                                                      "lines": rows_of([u.lines for u in updates])})
+    except DBAPIError as exc:
+        if len(updates) == 1 or not refused_whole(exc):
+            raise
+        return [_alone(statement, update) for update in updates]  # find which: each alone
+    changed = {row.n for row in rows}
+    return [int(n in changed) for n in range(len(updates))]
+
+
+def _alone(statement: Update, update: _Update) -> int | Exception:
+    """``update`` written in a statement of its own; what goes wrong with it is its caller's alone."""
+    try:
+        return _write_updates(statement, [update])[0]
+    except Exception as exc:
+        return exc
+
+
+def update_and_record(statement: Update, params: dict, lines: list[dict], *, name: str) -> int:
+    """Run a compare-and-set UPDATE of one row (its primary key compared with a named parameter)
+    and, if it changed the row, write the timeline ``lines`` and commit; returns how many rows it
+    changed. On PostgreSQL when ``usable()``, one statement that commits alone, shared with the
+    same UPDATE of other rows being written at that moment (group_writes, as ``name``); else the
+    UPDATE in the session, and the lines with the session's commit. When it changed nothing,
+    nothing is committed (the session's transaction, if any, stays open). No key of ``params``
+    may be a column's name: SQLAlchemy would read it as a value to SET."""
     if usable():
-        return run(_update_and_lines(statement, len(lines)), {**params, **row_params("line", lines)}).changed
+        update = _Update(params, lines, params[_row_param(statement)])
+        return group_writes.writer(name, partial(_write_updates, statement), lambda u: (u.key,)).submit(update)
     changed = db.session.connection().execute(statement, params).rowcount
     if changed:
         for line in lines:

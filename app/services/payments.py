@@ -129,7 +129,7 @@ def _open_session(tx: _Payment) -> _Payment:
     saved = one_statement.update_and_record(
         _SAVE_SESSION, {"tx_id": tx.id, "session_id": session.session_id, "url": session.payment_url},
         [timeline.line(tx.id, "gateway", "api", "gateway session opened", outcome="ok",
-                       detail={"session_id": session.session_id})])
+                       detail={"session_id": session.session_id})], name="gateway_page")
     if saved != 1:  # a racing initiation saved the page first, or gave the payment up as failed
         current = _read_session(tx.id)
         db.session.commit()

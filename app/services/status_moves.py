@@ -19,10 +19,10 @@ from datetime import datetime
 from functools import cache
 from typing import Callable
 
-from sqlalchemy import and_, bindparam, case, func, select, text
+from sqlalchemy import and_, bindparam, case, exists, func, literal_column, select
 from sqlalchemy.exc import DBAPIError
 
-from app.connections import lost_connection, retry_on_lost_connection
+from app.connections import OutcomeUnknown, lost_connection, retry_on_lost_connection
 from app.domain.status import Decision, Outcome, Status, decide
 from app.extensions import db
 from app.metrics import STATUS_MOVES
@@ -44,12 +44,12 @@ _MOVED_VALUES = dict(status=bindparam("to_status"), updated_at=bindparam("now"),
 _PAID_VALUES = dict(status=OrderStatus.PAID.value, paid_transaction_id=bindparam("tx_id"), paid_at=bindparam("now"),
                     updated_at=bindparam("now"), fulfillment_claimed_at=bindparam("now"),
                     fulfillment_attempts=_orders.c.fulfillment_attempts + 1)
-_MOVE = (  # the compare-and-set: applies only while the row still has the status decided on
+_MOVE_ROW = (  # the compare-and-set: applies only while the row still has the status decided on
     _transactions.update()
     .where(_transactions.c.id == bindparam("tx_id"), _transactions.c.status == bindparam("from_status"))
     .values(**_MOVED_VALUES)
-    .returning(_transactions.c.refund_reported)  # read under the row's lock: see apply_status
 )
+_MOVE = _MOVE_ROW.returning(_transactions.c.refund_reported)  # read under the row's lock: see apply_status
 _PAY_ORDER = (  # the order is paid once: only while it is still open
     _orders.update()
     .where(_orders.c.id == bindparam("order_id"), _orders.c.status == OrderStatus.OPEN.value)
@@ -238,52 +238,38 @@ def _after_move(transaction_id: str, order_id: str, decision: Decision, source: 
         run_claimed(order_id, transaction_id, now, source=source)
 
 
-# The success statement of ``apply_reported_success``, for any number of deliveries at once
-# (group_writes). Each item is one delivery: its compare-and-set from pending (with the money
-# and no refund reported first; and its webhook-id not stored yet, so a redelivery does not
-# fail the others' statement), its order paid with its claim, then its timeline lines and its
-# delivery row, written only if its own move was. It writes per item what the general route's
-# _MOVE, _PAY_ORDER and timeline write (tests/services/test_one_statement.py compares them
-# column by column). The last column divides by zero when a payment moved but its order was
-# not open: that undoes the whole statement, whose items are then written one by one.
-_SUCCESSES = """
-WITH item AS (
-    SELECT * FROM json_to_recordset(CAST(:items AS json))
-        AS item(n integer, tx_id text, amount bigint, currency text, now timestamp, lines json, delivery json)
-), moved AS (
-    UPDATE transactions SET status = :to_status, updated_at = item.now, next_check_at = NULL, lease_until = NULL
-    FROM item
-    WHERE transactions.id = item.tx_id AND transactions.status = :from_status
-        AND transactions.amount = item.amount AND transactions.currency = item.currency
-        AND transactions.refund_reported IS NULL
-        AND NOT EXISTS (SELECT FROM webhook_events AS seen WHERE seen.gateway = item.delivery->>'gateway'
-                        AND seen.webhook_id = item.delivery->>'webhook_id')
-    RETURNING item.n, transactions.id, transactions.order_id, item.now
-), paid AS (
-    UPDATE orders SET status = 'paid', paid_transaction_id = moved.id, paid_at = moved.now, updated_at = moved.now,
-        fulfillment_claimed_at = moved.now, fulfillment_attempts = orders.fulfillment_attempts + 1
-    FROM moved
-    WHERE orders.id = moved.order_id AND orders.status = 'open'
-    RETURNING orders.id
-), lines AS ({lines}
-), deliveries AS (
-    INSERT INTO webhook_events ({delivery_columns})
-    SELECT {delivery_values}
-    FROM moved JOIN item USING (n), json_populate_record(NULL::webhook_events, item.delivery) AS row
-    ORDER BY moved.n
-)
-SELECT moved.n, moved.order_id,
-    1 / (1 + (SELECT count(*) FROM paid) - (SELECT count(*) FROM moved)) AS all_or_nothing
-FROM moved
-"""
-
-
 @cache
 def _successes_statement():
-    delivery = [column.name for column in _webhook_events.columns if column.name != "id"]
-    return text(_SUCCESSES.format(lines=one_statement.lines_of("moved", "item"),
-                                  delivery_columns=", ".join(delivery),
-                                  delivery_values=one_statement.populated(_webhook_events, delivery)))
+    """The success statement of ``apply_reported_success``, for any number of deliveries at once
+    (group_writes), made of the general route's own statements (_MOVE_ROW, _PAY_ORDER) with each
+    delivery's values: its compare-and-set from pending (with the money and no refund reported
+    first; and its webhook-id not stored yet, so a redelivery does not fail the others'
+    statement), its order paid with its claim, then its timeline lines and its delivery row,
+    written only if its own move was. The last column divides by zero unless every payment that
+    moved paid an order of its own (one was paid already, or two payments of one order were in
+    the statement): that undoes the whole statement, whose items are then written one by one."""
+    item = one_statement.items({"tx_id": _transactions.c.id.type, "amount": _transactions.c.amount.type,
+                                "currency": _transactions.c.currency.type, "now": _transactions.c.updated_at.type,
+                                "gateway": _webhook_events.c.gateway.type,
+                                "webhook_id": _webhook_events.c.webhook_id.type})
+    seen = _webhook_events
+    moved = (
+        one_statement.substituted(_MOVE_ROW, {"tx_id": item.c.tx_id, "now": item.c.now})
+        .where(_transactions.c.amount == item.c.amount, _transactions.c.currency == item.c.currency,
+               _transactions.c.refund_reported.is_(None),
+               ~exists().where(seen.c.gateway == item.c.gateway, seen.c.webhook_id == item.c.webhook_id))
+        .returning(item.c.n, _transactions.c.id, _transactions.c.order_id, item.c.now)
+        .cte("moved")
+    )
+    paid = (one_statement.substituted(_PAY_ORDER, {"order_id": moved.c.order_id, "tx_id": moved.c.id,
+                                                   "now": moved.c.now})
+            .returning(_orders.c.id).cte("paid"))
+    # Every payment moved paid an order of its own (an order paid already, or two payments of one
+    # order in the statement, pay fewer orders than payments moved): else a division by zero.
+    guard = literal_column("1") / case((one_statement.count(paid) == one_statement.count(moved), 1), else_=0)
+    return select(moved.c.n, moved.c.order_id, guard.label("all_or_nothing")).add_cte(
+        one_statement.rows_written_by(moved, _events, timeline.COLUMNS, "lines"),
+        one_statement.rows_written_by(moved, seen, tuple(c.name for c in seen.columns if c.name != "id"), "deliveries"))
 
 
 @dataclass(frozen=True)
@@ -306,10 +292,12 @@ def _write_successes(items: list[_Success]) -> list[str | None]:
     """For each item, the order its move paid, or None when it wrote nothing (one statement for all)."""
     decision = decide(Status.PENDING, Status.SUCCESS)
     params = {"from_status": decision.current.value, "to_status": decision.target.value,
-              "items": one_statement.as_json([
-                  {"n": n, "tx_id": item.transaction_id, "amount": item.amount, "currency": item.currency,
-                   "now": item.now, "lines": item.lines, "delivery": item.delivery}
-                  for n, item in enumerate(items)])}
+              "items": one_statement.item_params([
+                  {"tx_id": item.transaction_id, "amount": item.amount, "currency": item.currency, "now": item.now,
+                   "gateway": item.delivery["gateway"], "webhook_id": item.delivery["webhook_id"]}
+                  for item in items]),
+              "lines": one_statement.rows_of([item.lines for item in items]),
+              "deliveries": one_statement.rows_of([[item.delivery] for item in items])}
     try:
         rows = one_statement.run_all(_successes_statement(), params)
     except DBAPIError as exc:
@@ -317,9 +305,18 @@ def _write_successes(items: list[_Success]) -> list[str | None]:
             raise
         if len(items) == 1:  # the guard, a webhook-id stored meanwhile, a bad value, a deadlock
             return [None]  # it wrote nothing; the general route meets the same and answers as ever
-        return [_write_successes([item])[0] for item in items]  # find which: each alone
+        return [_alone(item) for item in items]  # find which: each alone
     paid = {row.n: row.order_id for row in rows}
     return [paid.get(n) for n in range(len(items))]
+
+
+def _alone(item: _Success) -> str | None | Exception:
+    """``item`` written in a statement of its own; what goes wrong with it is its caller's alone
+    (the items before it may have been written already)."""
+    try:
+        return _write_successes([item])[0]
+    except Exception as exc:
+        return exc
 
 
 _PAID_BY_MOVE = select(_orders.c.id).where(_orders.c.paid_transaction_id == bindparam("tx_id"),
@@ -359,7 +356,7 @@ def apply_reported_success(transaction_id: str, amount: int, currency: str, *, s
     item = _Success(transaction_id, amount, currency, now, [*lines, moves], delivery)
     try:
         order_id = group_writes.writer("successes", _write_successes, _Success.keys).submit(item)
-    except DBAPIError as exc:
+    except (DBAPIError, OutcomeUnknown) as exc:
         if not lost_connection(exc):
             raise
         # It may have committed before its answer was lost: look, on a fresh connection. If it

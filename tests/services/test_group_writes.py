@@ -4,11 +4,18 @@ Plain threads and a recording write function: no Flask, no database (the stateme
 are tested on PostgreSQL in test_one_statement.py).
 """
 
+import json
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
+from app.connections import lost_connection
 from app.services.group_writes import GroupWriter, WriterInterrupted
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Recorder:
@@ -170,7 +177,76 @@ def test_a_leader_stopped_mid_statement_tells_the_others_and_frees_the_writer():
     stopped = [error for error in errors[1:] if isinstance(error, KeyboardInterrupt)]
     told = [error for error in errors[1:] if isinstance(error, WriterInterrupted)]
     assert (len(stopped), len(told)) == (1, 2)  # the leader of the second statement, and its two followers
+    assert all(lost_connection(error) for error in told)  # outcome unknown: 503, retried like a lost connection
     assert writer.submit(9) == 90
+
+
+def test_callers_of_a_failed_statement_each_raise_their_own_copy_of_its_error():
+    class Failing(Recorder):
+        def __call__(self, items):
+            super().__call__(items)
+            if len(items) > 1:
+                raise LookupError("the statement failed")
+            return [item for item in items]
+
+    record = Failing()
+    writer = GroupWriter("test", record, keys=lambda item: [item])
+    _, errors = hold_first_statement(writer, record, 0, [1, 2, 3])
+    failed = errors[1:]
+    assert [str(error) for error in failed] == ["the statement failed"] * 3
+    assert len({id(error) for error in failed}) == 3  # one traceback each, not one grown across requests
+
+
+# Under gunicorn's gevent worker a request's greenlet can be killed while it waits for its
+# statement (a worker's shutdown after graceful_timeout). Run in a process of its own, patched.
+GEVENT_KILL = """
+from gevent import monkey; monkey.patch_all()
+import json, sys, gevent
+from app.services.group_writes import GroupWriter
+
+written, results, greenlets = [], {}, {}
+def write(items):
+    gevent.sleep(0.1)  # the statement's round trip
+    written.append(list(items))
+    return [item.upper() for item in items]
+
+class Writer(GroupWriter):
+    def _hand_on(self):
+        after = super()._hand_on()
+        if sys.argv[1] == "handed-the-lead" and after is not None and after.item == "f1":
+            greenlets["f1"].kill(block=False)  # lands before the wake-up: f1 never runs as leader
+        return after
+
+writer = Writer("test", write, lambda item: [item])
+def call(name):
+    try:
+        results[name] = writer.submit(name)
+    except BaseException as exc:
+        results[name] = type(exc).__name__
+        raise
+greenlets["lead"] = gevent.spawn(call, "lead")
+gevent.sleep(0.02)
+greenlets["f1"] = gevent.spawn(call, "f1")
+greenlets["f2"] = gevent.spawn(call, "f2")
+gevent.sleep(0.02)
+if sys.argv[1] == "queued":
+    greenlets["f1"].kill()
+gevent.joinall(list(greenlets.values()), timeout=5)
+late = gevent.spawn(call, "late")
+late.join(timeout=5)
+print(json.dumps({"written": written, "results": results, "free": not writer._writing and not writer._waiting}))
+"""
+
+
+@pytest.mark.parametrize("when", ["queued", "handed-the-lead"])
+def test_a_caller_killed_while_it_waits_leaves_the_writer_working_for_the_others(when):
+    run = subprocess.run([sys.executable, "-c", GEVENT_KILL, when], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.splitlines()[-1])
+    assert seen["results"] == {"lead": "LEAD", "f1": "GreenletExit", "f2": "F2", "late": "LATE"}
+    assert seen["written"] == [["lead"], ["f2"], ["late"]]  # the killed caller's item is never written
+    assert seen["free"]
 
 
 @pytest.mark.parametrize("callers", [2, 16, 48])

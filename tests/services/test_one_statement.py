@@ -12,13 +12,15 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app.extensions import db, socketio
 from app.models import Order, Transaction, TransactionEvent, WebhookEvent
 from app.models.clock import utcnow
 from app.services import one_statement, timeline
-from app.services.fulfillment import _Finished, _write_finishes
+from app.services.group_writes import WriterInterrupted
+from app.services.fulfillment import _FINISH
 from app.services.status_moves import _Success, _write_successes, apply_reported_success
 from tests import fulfillment_probe
 from tests.conftest import place_order, post_webhook, probed_app, sign, start_payment, status_event
@@ -246,11 +248,20 @@ def test_a_value_too_long_for_its_column_fails_whole_instead_of_being_cut(pg_app
     assert _written(pg_app, tx_id, order_id, "m" * 300) == before
 
 
+def _lost(kind: str) -> Exception:
+    """What the caller of a statement whose answer never came raises."""
+    if kind == "connection":
+        return OperationalError("the statement", {}, psycopg.OperationalError("server closed the connection"))
+    return WriterInterrupted("the statement's writer stopped: GreenletExit")  # another request wrote for it
+
+
+@pytest.mark.parametrize("kind", ["connection", "writer"])
 @pytest.mark.parametrize("committed", [True, False])
-def test_a_connection_lost_under_the_statement(pg_app, gateway, monkeypatch, committed):
-    """The answer to the success statement never comes back. If it had committed, the delivery
-    goes on as usual (push, handler now, not after the claim's lease); if not, it answers 503
-    with nothing written, and the gateway's next delivery applies it."""
+def test_a_connection_lost_under_the_statement(pg_app, gateway, monkeypatch, committed, kind):
+    """The answer to the success statement never comes back (the connection broke, or the request
+    writing the shared statement was stopped). If it had committed, the delivery goes on as usual
+    (push, handler now, not after the claim's lease); if not, it answers 503 with nothing
+    written, and the gateway's next delivery applies it."""
     client = pg_app.test_client()
     order_id = place_order(client)["order_id"]
     tx_id = start_payment(client, gateway, order_id)["transaction_id"]
@@ -261,8 +272,7 @@ def test_a_connection_lost_under_the_statement(pg_app, gateway, monkeypatch, com
             lost.append(True)
             if committed:
                 real_run(statement, params)
-            raise OperationalError("the success statement", {},
-                                   psycopg.OperationalError("server closed the connection"))
+            raise _lost(kind)
         return real_run(statement, params)
 
     monkeypatch.setattr(one_statement, "run_all", run_all)
@@ -343,10 +353,11 @@ def test_finishes_in_one_statement_finish_only_the_orders_whose_claim_holds(pg_a
                                  "fulfillment_claimed_at = %s WHERE id = %s", (tx_id, claimed, order_id))
     pg_admin.exec_driver_sql("UPDATE orders SET fulfillment_claimed_at = now() WHERE id = %s", (payments[1][0],))
     done = utcnow()
-    items = [_Finished(order_id, claimed, done, [timeline.line(tx_id, "fulfillment", "webhook", "order fulfilled",
-                                                               outcome="ok")]) for order_id, tx_id in payments]
+    items = [one_statement._Update({"order_id": order_id, "claimed_at": claimed, "done": done},
+                                   [timeline.line(tx_id, "fulfillment", "webhook", "order fulfilled", outcome="ok")],
+                                   order_id) for order_id, tx_id in payments]
     with pg_app.app_context():
-        assert _write_finishes(items) == [1, 0, 1]  # the second's claim was taken over
+        assert one_statement._write_updates(_FINISH, items) == [1, 0, 1]  # the second's claim was taken over
         orders = [db.session.get(Order, order_id) for order_id, _ in payments]
         assert [(order.status, order.fulfilled_at) for order in orders] == [
             ("fulfilled", done), ("paid", None), ("fulfilled", done)]
@@ -355,20 +366,28 @@ def test_finishes_in_one_statement_finish_only_the_orders_whose_claim_holds(pg_a
                 .all() for _, tx_id in payments] == [["order fulfilled"], [], ["order fulfilled"]]
 
 
+def _statements_failing(monkeypatch, failures: dict) -> list:
+    """``one_statement.run_all`` raising ``failures[k]`` at its k-th call (counting from 1); the
+    number of success items each call carried."""
+    real_run, calls = one_statement.run_all, []
+
+    def run_all(statement, params):
+        calls.append(params["items"].count('"tx_id"'))
+        if len(calls) in failures:
+            raise failures[len(calls)]
+        return real_run(statement, params)
+
+    monkeypatch.setattr(one_statement, "run_all", run_all)
+    return calls
+
+
 def test_a_statement_ended_by_a_deadlock_is_written_item_by_item(pg_app, gateway, monkeypatch):
     """Another process's statement locking the same payments in the other order: PostgreSQL ends
     one of the two, which wrote nothing; its items are then written one by one."""
     client = pg_app.test_client()
     payments = [_payment(client, gateway) for _ in range(2)]
-    real_run, calls = one_statement.run_all, []
-
-    def run_all(statement, params):
-        calls.append(params["items"].count('"tx_id"'))
-        if len(calls) == 1:
-            raise OperationalError("the success statement", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
-        return real_run(statement, params)
-
-    monkeypatch.setattr(one_statement, "run_all", run_all)
+    calls = _statements_failing(monkeypatch, {1: OperationalError(
+        "the success statement", {}, psycopg.errors.DeadlockDetected("deadlock detected"))})
     with pg_app.app_context():
         paid = _write_successes([_success_item(tx_id, f"msg_dl_{tx_id}") for _, tx_id in payments])
     assert paid == [order_id for order_id, _ in payments]
@@ -422,3 +441,86 @@ def test_deliveries_that_queue_behind_a_statement_share_the_next_and_each_is_wri
     assert [size for size in sizes if size] == [1, 8]  # the eight that waited went out together
     for n, (order_id, tx_id) in enumerate(payments):
         assert _written(pg_app, tx_id, order_id, f"msg_queued_{n}") == alone[1]
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_finish_whose_shared_statement_was_not_answered_is_written_once(pg_app, gateway, monkeypatch, committed):
+    """The request writing the finishing statement was stopped before its answer: this order's
+    finish is written again on a fresh statement (or recognised as written), its handler not run
+    again, and the delivery answers as usual."""
+    client = pg_app.test_client()
+    order_id, tx_id = _payment(client, gateway)
+    real_run, stopped = one_statement.run_all, []
+
+    def run_all(statement, params):
+        if '"claimed_at"' in params["items"] and not stopped:  # the finish, once
+            stopped.append(True)
+            if committed:
+                real_run(statement, params)
+            raise _lost("writer")
+        return real_run(statement, params)
+
+    monkeypatch.setattr(one_statement, "run_all", run_all)
+    response = post_webhook(client, status_event(tx_id, "success", 1999))
+    assert (response.status_code, response.get_json()["outcome"]) == (200, "applied")
+    assert fulfillment_probe.calls == [(order_id, tx_id)]
+    with pg_app.app_context():
+        assert db.session.get(Order, order_id).status == "fulfilled"
+        assert db.session.scalars(select(TransactionEvent.summary).where(
+            TransactionEvent.transaction_id == tx_id, TransactionEvent.kind == "fulfillment")).all() == [
+            "order fulfilled"]
+
+
+@pytest.mark.parametrize("case", ["two_orders_paid_already", "three_payments_of_one_order"])
+def test_payments_that_would_pay_no_order_of_their_own_undo_their_statement(pg_app, gateway, pg_admin, case):
+    """Every payment a statement moves must pay an order of its own. Two orders paid already by
+    other payments, or three pending payments of one order, in one statement: it is undone, and
+    written item by item, so no payment is recorded as paying an order it did not pay; those
+    left over go to the general route (which applies them and flags a refund owed)."""
+    client = pg_app.test_client()
+    if case == "two_orders_paid_already":
+        payments = [_payment(client, gateway) for _ in range(2)]
+        for order_id, _ in payments:
+            pg_admin.exec_driver_sql("UPDATE orders SET status = 'fulfilled' WHERE id = %s", (order_id,))
+        expected = [None, None]
+    else:
+        order_id, first = _payment(client, gateway)
+        others = []
+        for _ in range(2):  # more pending payments of the same order, as expired initiations leave
+            pg_admin.exec_driver_sql("UPDATE transactions SET payment_url = NULL, gateway_session_id = NULL, "
+                                     "expires_at = now() - interval '1 minute' WHERE order_id = %s", (order_id,))
+            others.append(start_payment(client, gateway, order_id)["transaction_id"])
+        payments = [(order_id, tx_id) for tx_id in [first, *others]]
+        expected = [order_id, None, None]
+    assert len({tx_id for _, tx_id in payments}) == len(payments)
+    with pg_app.app_context():
+        paid = _write_successes([_success_item(tx_id, f"msg_{tx_id}") for _, tx_id in payments])
+    assert paid == expected
+    with pg_app.app_context():
+        statuses = [db.session.get(Transaction, tx_id).status for _, tx_id in payments]
+        assert statuses == ["success" if order else "pending" for order in expected]
+
+
+def test_an_item_that_fails_alone_fails_only_its_own_caller(pg_app, gateway, monkeypatch):
+    """The statement is refused whole and its items are written one by one; one of those fails
+    (no pooled connection in time): that is the answer of that item only, and the others keep
+    theirs (the first one was committed by then)."""
+    client = pg_app.test_client()
+    payments = [_payment(client, gateway) for _ in range(3)]
+    calls = _statements_failing(monkeypatch, {
+        1: IntegrityError("the success statement", {}, psycopg.errors.UniqueViolation("taken meanwhile")),
+        3: PoolTimeoutError("no connection came free")})
+    with pg_app.app_context():
+        paid = _write_successes([_success_item(tx_id, f"msg_{tx_id}") for _, tx_id in payments])
+    assert paid[0] == payments[0][0] and paid[2] == payments[2][0]
+    assert isinstance(paid[1], PoolTimeoutError)
+    assert calls == [3, 1, 1, 1]
+
+
+def test_each_shared_update_names_the_row_it_changes_so_no_two_items_of_a_statement_share_one():
+    from app.services.payments import _SAVE_SESSION
+
+    assert one_statement._row_param(_FINISH) == "order_id"
+    assert one_statement._row_param(_SAVE_SESSION) == "tx_id"
+    with pytest.raises(ValueError):
+        one_statement._row_param(Order.__table__.update().where(Order.status == "paid").values(status="open"))
