@@ -257,8 +257,13 @@ def _storable_amount(value: Any) -> int | None:
 
 
 def _text(value: Any, longest: int) -> str | None:
-    """A string field of a webhook, or None when it is not text we could store and match."""
+    """A string field of a gateway's answer, or None when it is not text we could store and match
+    (empty, longer than its column, a NUL, or a lone surrogate, which no database encoding takes)."""
     if isinstance(value, str) and 0 < len(value) <= longest and "\x00" not in value:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
         return value
     return None
 
@@ -410,9 +415,10 @@ class SandboxGateway:
             "POST", "/create-session", json=body, headers={"Idempotency-Key": request.transaction_id}
         )
         data = self._json(response)
-        session_id, payment_url = data.get("session_id"), data.get("payment_url")
-        if not isinstance(session_id, str) or not isinstance(payment_url, str):
-            raise GatewayError("gateway create-session answer lacks session_id or payment_url")
+        # each must fit the column it is kept in (transactions.gateway_session_id, payment_url)
+        session_id, payment_url = _text(data.get("session_id"), 128), _text(data.get("payment_url"), 2000)
+        if session_id is None or payment_url is None:
+            raise GatewayError("gateway create-session answer lacks a usable session_id or payment_url")
         if urlsplit(payment_url).scheme not in ("https", "http") or not urlsplit(payment_url).netloc:
             raise GatewayError("gateway create-session answer has a payment_url that is not a web address")
         return CreatedSession(session_id, payment_url)
@@ -423,7 +429,8 @@ class SandboxGateway:
             return None
         data = self._json(response)
         status = Status.parse(data.get("status"))
-        if status is None or not _is_amount(data.get("amount")) or not isinstance(data.get("currency"), str):
+        # a currency other than the payment's is flagged as a mismatch; one that is not text is malformed
+        if status is None or not _is_amount(data.get("amount")) or _text(data.get("currency"), 64) is None:
             raise GatewayError("gateway status answer is malformed")
         return GatewayStatus(transaction_id, status, data["amount"], data["currency"])
 

@@ -208,6 +208,22 @@ def test_gateway_down_gives_502_and_a_failed_transaction(client, gateway):
     assert retry.get_json()["transaction_id"] != body["transaction_id"]
 
 
+@pytest.mark.parametrize("answer", [
+    {"session_id": "c" * 129, "payment_url": f"{GATEWAY}/pay/cs_1"},  # longer than its column
+    {"session_id": "cs\x001", "payment_url": f"{GATEWAY}/pay/cs_1"},
+    {"session_id": "cs_\ud800", "payment_url": f"{GATEWAY}/pay/cs_1"},  # a lone surrogate
+    {"session_id": "cs_1", "payment_url": f"{GATEWAY}/pay/{'x' * 2000}"},
+])
+def test_a_create_session_answer_that_could_not_be_stored_is_a_gateway_failure(client, gateway, answer):
+    """Not a 500: the gateway's answer is unusable, as a malformed one is (502, payment failed)."""
+    gateway.add(responses.POST, f"{GATEWAY}/create-session", json=answer)
+    order = place_order(client)
+    response = client.post("/initiate-payment", json={"order_id": order["order_id"]})
+    assert (response.status_code, response.get_json()["error"]) == (502, "gateway_unavailable")
+    status = client.get(f"/check-payment-status/{response.get_json()['transaction_id']}").get_json()
+    assert status["status"] == "failure"
+
+
 def test_gateway_5xx_is_retried_with_the_same_key_then_succeeds(client, gateway):
     gateway.add(responses.POST, f"{GATEWAY}/create-session", status=503, json={"error": "busy"})
     gateway.add(responses.POST, f"{GATEWAY}/create-session", status=429, json={"error": "slow down"})

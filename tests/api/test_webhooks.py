@@ -147,7 +147,9 @@ def test_refused_move_is_acknowledged_and_recorded(app, client, pending):
         assert {(e.from_status, e.to_status) for e in refused} == {("success", "failure"), ("success", "pending")}
 
 
-@pytest.mark.parametrize("amount,currency", [(1998, "USD"), (1999, "EUR"), (None, "USD")])
+# A currency no database could store (a lone surrogate, a NUL) is other money too, not a 500.
+@pytest.mark.parametrize("amount,currency", [(1998, "USD"), (1999, "EUR"), (None, "USD"), (1999, "\ud800"),
+                                             (1999, "U\x00D")])
 def test_success_with_other_money_is_flagged_not_applied(app, client, pending, amount, currency):
     order, tx_id = pending
     event = status_event(tx_id, "success", 1999)
