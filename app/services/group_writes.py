@@ -14,12 +14,19 @@ Two items that would touch the same row (``keys``) never share a statement: the 
 for the next. The writer function is given the items and returns one result per item (or an
 exception for that item); an exception it raises is raised to every caller of that statement.
 One writer per app and purpose (``writer``); works with threads and with gevent's greenlets.
+
+A statement that stays out (a row lock held elsewhere, a connection gone quiet) must not hold
+every request of the process behind it: once it has been out for ``STALLED_AFTER`` seconds, the
+items waiting behind it, and those that come while it stays out, are written each alone, as
+they were before group commit, and the next statement to finish hands the lead on as usual.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
+import time
 from typing import Callable, Generic, Hashable, Iterable, TypeVar
 
 from flask import current_app
@@ -27,9 +34,11 @@ from flask import current_app
 from app.connections import OutcomeUnknown
 from app.metrics import GROUP_WRITE_ITEMS
 
+log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 MOST_ITEMS = 64  # items in one statement: enough for any burst one worker takes at once
+STALLED_AFTER = 1.0  # seconds a statement may be out before the items behind it stop waiting for it
 
 
 class _Slot(Generic[Item]):
@@ -63,23 +72,37 @@ class GroupWriter(Generic[Item, Result]):
     """Sends concurrent callers' items through ``write`` together, one statement at a time."""
 
     def __init__(self, name: str, write: Callable[[list], list], keys: Callable[[object], Iterable[Hashable]],
-                 most: int = MOST_ITEMS) -> None:
-        self._write, self._keys, self._most = write, keys, most
+                 most: int = MOST_ITEMS, stalled_after: float | None = None) -> None:
+        self._name, self._write, self._keys, self._most = name, write, keys, most
+        self._stalled_after = STALLED_AFTER if stalled_after is None else stalled_after
         self._items_per_statement = GROUP_WRITE_ITEMS.labels(name)
         self._lock = threading.Lock()
         self._waiting: list[_Slot] = []
         self._writing = False  # a leader is writing (or about to): new items wait for it
+        self._sent_at = 0.0  # when the statement being written was taken in hand (time.monotonic)
+        self._stall_told = 0.0  # the _sent_at of the last stalled statement logged
 
     def submit(self, item: Item) -> Result:
         """Write ``item`` with whatever else is waiting, and return its result (or raise its error)."""
         slot = _Slot(item, self._keys(item))
         with self._lock:
-            self._waiting.append(slot)
-            slot.leads = not self._writing
-            self._writing = True
+            alone = self._stalled()
+            if not alone:
+                self._waiting.append(slot)
+                slot.leads = not self._writing
+                if slot.leads:
+                    self._writing, self._sent_at = True, time.monotonic()
+        if alone:
+            return self._write_alone(item)
         if not slot.leads:
             try:
-                slot.ready.wait()
+                while not slot.ready.wait(self._stalled_after):
+                    with self._lock:
+                        alone = self._stalled() and slot in self._waiting and not slot.leads
+                        if alone:
+                            self._waiting.remove(slot)
+                    if alone:
+                        return self._write_alone(item)
             except BaseException:  # stopped while waiting (a greenlet killed): leave without a trace
                 self._abandon(slot)
                 raise
@@ -88,6 +111,23 @@ class GroupWriter(Generic[Item, Result]):
         if slot.error is not None:
             raise slot.error
         return slot.result
+
+    def _stalled(self) -> bool:
+        """(Under the lock.) The statement being written has been out too long to wait for."""
+        stalled = self._writing and time.monotonic() - self._sent_at > self._stalled_after
+        if stalled and self._stall_told != self._sent_at:
+            self._stall_told = self._sent_at
+            log.warning("%s: a statement has been out for over %.1f s; the writes behind it go alone meanwhile",
+                        self._name, self._stalled_after)
+        return stalled
+
+    def _write_alone(self, item: Item) -> Result:
+        """``item`` in a statement of its own, beside the one that stays out."""
+        self._items_per_statement.observe(1)
+        result = self._write([item])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def _abandon(self, slot: _Slot) -> None:
         """Take back the item of a caller that stopped waiting; if it had been handed the lead,
@@ -108,7 +148,7 @@ class GroupWriter(Generic[Item, Result]):
         if after is None:
             self._writing = False
         else:
-            after.leads = True
+            after.leads, self._sent_at = True, time.monotonic()
         return after
 
     def _take(self) -> list[_Slot]:
@@ -128,6 +168,7 @@ class GroupWriter(Generic[Item, Result]):
         and hand the lead to the oldest item still waiting."""
         with self._lock:
             batch = self._take()
+            self._sent_at = time.monotonic()
         try:
             self._items_per_statement.observe(len(batch))
             results = self._write([slot.item for slot in batch])
@@ -153,10 +194,12 @@ class GroupWriter(Generic[Item, Result]):
                 after.ready.set()
 
 
-def writer(name: str, write: Callable[[list], list], keys: Callable[[object], Iterable[Hashable]]) -> GroupWriter:
-    """The app's one writer for ``name`` (made on first use)."""
+def writer(name: str, write: Callable[[list], list], keys: Callable[[object], Iterable[Hashable]],
+           of: Hashable = None) -> GroupWriter:
+    """The app's one writer for ``name`` and ``of`` (what it writes, when one name serves
+    several), made on first use."""
     writers = current_app.extensions.setdefault("group_writes", {})
-    found = writers.get(name)
+    found = writers.get((name, of))
     if found is None:  # two first uses at once: one writer is kept, and both use it
-        found = writers.setdefault(name, GroupWriter(name, write, keys))
+        found = writers.setdefault((name, of), GroupWriter(name, write, keys))
     return found

@@ -186,6 +186,11 @@ def _updates_together(statement: Update):
 
 
 @cache
+def _names(statement: Update) -> frozenset[str]:
+    return frozenset(named_params(statement))
+
+
+@cache
 def _row_param(statement: Update) -> str:
     """The named parameter ``statement`` compares its table's primary key with."""
     for element in visitors.iterate(statement.whereclause):
@@ -226,8 +231,11 @@ def update_and_record(statement: Update, params: dict, lines: list[dict], *, nam
     nothing is committed (the session's transaction, if any, stays open). No key of ``params``
     may be a column's name: SQLAlchemy would read it as a value to SET."""
     if usable():
+        if params.keys() != _names(statement):  # a value left out would be written as NULL, not refused
+            raise ValueError(f"update_and_record({name}) takes {sorted(_names(statement))}, got {sorted(params)}")
         update = _Update(params, lines, params[_row_param(statement)])
-        return group_writes.writer(name, partial(_write_updates, statement), lambda u: (u.key,)).submit(update)
+        return group_writes.writer(name, partial(_write_updates, statement), lambda u: (u.key,),
+                                   of=statement).submit(update)
     changed = db.session.connection().execute(statement, params).rowcount
     if changed:
         for line in lines:

@@ -249,6 +249,37 @@ def test_a_caller_killed_while_it_waits_leaves_the_writer_working_for_the_others
     assert seen["free"]
 
 
+def test_writes_behind_a_statement_that_stays_out_go_alone_meanwhile():
+    """A statement held (a row lock elsewhere): the item queued behind it stops waiting after
+    ``stalled_after`` and goes alone, and one that comes meanwhile does not queue at all; the held
+    one finishes when let go, and the writer carries on as usual."""
+    release, held, statements = threading.Event(), threading.Event(), []
+
+    def write(items):
+        statements.append(list(items))
+        if 0 in items:
+            held.set()
+            assert release.wait(10)
+        return [item * 10 for item in items]
+
+    writer = GroupWriter("test", write, keys=lambda item: [item], stalled_after=0.2)
+    results = {}
+    leader = threading.Thread(target=lambda: results.setdefault(0, writer.submit(0)))
+    leader.start()
+    assert held.wait(10)
+    follower = threading.Thread(target=lambda: results.setdefault(1, writer.submit(1)))
+    follower.start()
+    follower.join(5)
+    assert not follower.is_alive() and results == {1: 10}  # went alone while the first stayed out
+    assert writer.submit(2) == 20  # came meanwhile: straight to a statement of its own
+    release.set()
+    leader.join(5)
+    assert results == {0: 0, 1: 10}
+    assert statements == [[0], [1], [2]]
+    assert writer.submit(3) == 30 and statements[-1] == [3]
+    assert not writer._writing and not writer._waiting
+
+
 @pytest.mark.parametrize("callers", [2, 16, 48])
 def test_many_callers_at_once_each_get_exactly_their_answer(callers):
     record = Recorder()

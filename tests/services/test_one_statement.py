@@ -10,6 +10,7 @@ from datetime import datetime
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from prometheus_client import REGISTRY
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -19,6 +20,7 @@ from app.extensions import db, socketio
 from app.models import Order, Transaction, TransactionEvent, WebhookEvent
 from app.models.clock import utcnow
 from app.services import one_statement, timeline
+from app.services import group_writes
 from app.services.group_writes import WriterInterrupted
 from app.services.fulfillment import _FINISH
 from app.services.status_moves import _Success, _write_successes, apply_reported_success
@@ -399,6 +401,7 @@ def test_deliveries_that_queue_behind_a_statement_share_the_next_and_each_is_wri
     """Eight deliveries for eight payments arrive while a ninth's statement is out: they go
     out as one statement, and each payment, order, timeline and delivery row is what a
     delivery alone writes; each order's handler runs once, and each is finished."""
+    monkeypatch.setattr(group_writes, "STALLED_AFTER", 60.0)  # the first statement is held on purpose
     client = pg_app.test_client()
     payments = [_payment(client, gateway) for _ in range(9)]
     alone = _deliver_success(pg_app, client, gateway, 0, [])  # for comparison: one delivery by itself
@@ -426,7 +429,7 @@ def test_deliveries_that_queue_behind_a_statement_share_the_next_and_each_is_wri
     rest = [threading.Thread(target=deliver, args=(n,)) for n in range(1, len(payments))]
     for thread in rest:
         thread.start()
-    writer = pg_app.extensions["group_writes"]["successes"]
+    writer = pg_app.extensions["group_writes"][("successes", None)]
     for _ in range(2000):
         with writer._lock:
             if len(writer._waiting) == len(rest):
@@ -524,3 +527,45 @@ def test_each_shared_update_names_the_row_it_changes_so_no_two_items_of_a_statem
     assert one_statement._row_param(_SAVE_SESSION) == "tx_id"
     with pytest.raises(ValueError):
         one_statement._row_param(Order.__table__.update().where(Order.status == "paid").values(status="open"))
+
+
+def test_a_shared_update_refuses_parameters_other_than_its_statement_s(pg_app):
+    """Through JSON a value left out would be written as NULL (a bound statement refuses it)."""
+    with pg_app.test_request_context(), pytest.raises(ValueError):
+        one_statement.update_and_record(_FINISH, {"order_id": "ord_x", "claimed_at": utcnow()}, [], name="fulfilled")
+
+
+def test_a_delivery_held_by_a_row_lock_elsewhere_does_not_hold_the_others(pg_app, gateway, postgres_url):
+    """Another session holds payment A's row: A's statement waits for it. B's delivery, for
+    another payment, comes after and does not wait for A's statement past the writer's stall
+    bound (it goes in a statement of its own); A is applied once the lock is let go."""
+    client = pg_app.test_client()
+    (_, tx_a), (order_b, tx_b) = _payment(client, gateway), _payment(client, gateway)
+    other = sa.create_engine(postgres_url)
+    holder = other.connect()
+    holder.begin()
+    holder.exec_driver_sql("SELECT 1 FROM transactions WHERE id = %s FOR UPDATE", (tx_a,))
+    answers, took = {}, {}
+
+    def deliver(tx_id):
+        started = time.monotonic()
+        answers[tx_id] = post_webhook(pg_app.test_client(), status_event(tx_id, "success", 1999)).get_json()
+        took[tx_id] = time.monotonic() - started
+
+    a = threading.Thread(target=deliver, args=(tx_a,))
+    a.start()
+    time.sleep(0.3)  # A's statement is out, waiting for the lock
+    b = threading.Thread(target=deliver, args=(tx_b,))
+    b.start()
+    b.join(10)
+    try:
+        assert not b.is_alive() and answers[tx_b]["outcome"] == "applied"
+        assert a.is_alive()  # still held
+        assert took[tx_b] < 5
+        assert fulfillment_probe.calls == [(order_b, tx_b)]
+    finally:
+        holder.rollback()
+        holder.close()
+        other.dispose()
+    a.join(10)
+    assert answers[tx_a]["outcome"] == "applied" and len(fulfillment_probe.calls) == 2
