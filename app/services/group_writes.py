@@ -11,7 +11,8 @@ before, and waits for nothing but its own statement.
 What the statement does for each item is decided item by item inside it (each item its own
 compare-and-set), so batching changes how many round trips are made, never what is written.
 Two items that would touch the same row (``keys``) never share a statement: the later one waits
-for the next. The writer function is given the items and returns one result per item (or an
+for the next (except while a statement is stalled, below: the database then orders them, as it
+orders writes from different processes). The writer function is given the items and returns one result per item (or an
 exception for that item); an exception it raises is raised to every caller of that statement.
 One writer per app and purpose (``writer``); works with threads and with gevent's greenlets.
 
@@ -81,6 +82,7 @@ class GroupWriter(Generic[Item, Result]):
         self._writing = False  # a leader is writing (or about to): new items wait for it
         self._sent_at = 0.0  # when the statement being written was taken in hand (time.monotonic)
         self._stall_told = 0.0  # the _sent_at of the last stalled statement logged
+        self._tell = False
 
     def submit(self, item: Item) -> Result:
         """Write ``item`` with whatever else is waiting, and return its result (or raise its error)."""
@@ -96,9 +98,9 @@ class GroupWriter(Generic[Item, Result]):
             return self._write_alone(item)
         if not slot.leads:
             try:
-                while not slot.ready.wait(self._stalled_after):
+                while not slot.ready.wait(self._patience(slot)):
                     with self._lock:
-                        alone = self._stalled() and slot in self._waiting and not slot.leads
+                        alone = slot in self._waiting and not slot.leads and self._stalled()
                         if alone:
                             self._waiting.remove(slot)
                     if alone:
@@ -117,12 +119,24 @@ class GroupWriter(Generic[Item, Result]):
         stalled = self._writing and time.monotonic() - self._sent_at > self._stalled_after
         if stalled and self._stall_told != self._sent_at:
             self._stall_told = self._sent_at
-            log.warning("%s: a statement has been out for over %.1f s; the writes behind it go alone meanwhile",
-                        self._name, self._stalled_after)
+            self._tell = True  # logged once the lock is let go
         return stalled
+
+    def _patience(self, slot: _Slot) -> float | None:
+        """How long a waiting caller waits before it looks again: until the statement being written
+        has been out ``stalled_after``; with no limit once its item is in that statement (its
+        answer comes with it)."""
+        with self._lock:
+            if slot not in self._waiting:
+                return None
+            return max(0.005, self._sent_at + self._stalled_after - time.monotonic())
 
     def _write_alone(self, item: Item) -> Result:
         """``item`` in a statement of its own, beside the one that stays out."""
+        if self._tell:
+            self._tell = False
+            log.warning("%s: a statement has been out for over %.1f s; the writes behind it go alone meanwhile",
+                        self._name, self._stalled_after)
         self._items_per_statement.observe(1)
         result = self._write([item])[0]
         if isinstance(result, BaseException):

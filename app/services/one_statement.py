@@ -85,17 +85,35 @@ def run(statement, params: dict) -> Row | None:
         return connection.execute(statement, params).first()
 
 
-def run_all(statement, params: dict) -> list[Row]:
-    """``run``, every row."""
+SHARED_LOCK_WAIT_MS = 1000  # how long a statement carrying several requests waits for one row's lock
+
+
+def run_all(statement, params: dict, *, shared: bool = False) -> list[Row]:
+    """``run``, every row. A ``shared`` statement (several requests' items, or one of them written
+    alone for them) waits at most SHARED_LOCK_WAIT_MS for a row lock: one item's row held
+    elsewhere (a long transaction, a session left idle in one) must not hold the others. The
+    statement is then written item by item (``refused_whole``), each alone also waiting briefly,
+    and an item that still meets the lock is handed back to its own request, which waits for
+    it alone, as a request always has."""
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        return connection.execute(statement, params).all()
+        if not shared:
+            return connection.execute(statement, params).all()
+        connection.exec_driver_sql(f"SET lock_timeout = {SHARED_LOCK_WAIT_MS}")
+        try:
+            return connection.execute(statement, params).all()
+        finally:
+            try:
+                connection.exec_driver_sql("RESET lock_timeout")
+            except DBAPIError:  # the connection broke: the pool drops it, with its setting
+                connection.invalidate()
 
 
 def refused_whole(exc: DBAPIError) -> bool:
     """The statement was refused as a whole, so it wrote nothing, for something one of its items
-    may have caused (a key taken, a guard, a bad value) or for a deadlock with another process's
-    statement: its items written one by one tell which, if any."""
-    return isinstance(exc, (IntegrityError, DataError)) or getattr(exc.orig, "sqlstate", None) == "40P01"
+    may have caused (a key taken, a guard, a bad value, a row lock held elsewhere) or for a
+    deadlock with another process's statement: its items written one by one tell which, if any."""
+    return (isinstance(exc, (IntegrityError, DataError))
+            or getattr(exc.orig, "sqlstate", None) in ("40P01", "55P03"))
 
 
 # Statements for several requests' writes at once (group_writes): each request is an item, a
@@ -201,11 +219,13 @@ def _row_param(statement: Update) -> str:
     raise ValueError(f"{statement} names no row by its primary key")
 
 
-def _write_updates(statement: Update, updates: list[_Update]) -> list[int | Exception]:
-    """For each item, 1 when its row changed (and its lines were written), else 0: one statement."""
+def _write_updates(statement: Update, updates: list[_Update], *, for_others: bool = False) -> list[int | Exception]:
+    """For each item, 1 when its row changed (and its lines were written), else 0: one statement
+    (``for_others``: one item written alone after its statement was refused)."""
     try:
         rows = run_all(_updates_together(statement), {"items": item_params([u.params for u in updates]),
-                                                      "lines": rows_of([u.lines for u in updates])})
+                                                      "lines": rows_of([u.lines for u in updates])},
+                       shared=len(updates) > 1 or for_others)
     except DBAPIError as exc:
         if len(updates) == 1 or not refused_whole(exc):
             raise
@@ -217,8 +237,8 @@ def _write_updates(statement: Update, updates: list[_Update]) -> list[int | Exce
 def _alone(statement: Update, update: _Update) -> int | Exception:
     """``update`` written in a statement of its own; what goes wrong with it is its caller's alone."""
     try:
-        return _write_updates(statement, [update])[0]
-    except Exception as exc:
+        return _write_updates(statement, [update], for_others=True)[0]
+    except Exception as exc:  # a row lock held elsewhere among them: the caller's own retry waits for it
         return exc
 
 
@@ -230,9 +250,9 @@ def update_and_record(statement: Update, params: dict, lines: list[dict], *, nam
     UPDATE in the session, and the lines with the session's commit. When it changed nothing,
     nothing is committed (the session's transaction, if any, stays open). No key of ``params``
     may be a column's name: SQLAlchemy would read it as a value to SET."""
+    if params.keys() != _names(statement):  # shared, a value left out would be written as NULL, not refused
+        raise ValueError(f"update_and_record({name}) takes {sorted(_names(statement))}, got {sorted(params)}")
     if usable():
-        if params.keys() != _names(statement):  # a value left out would be written as NULL, not refused
-            raise ValueError(f"update_and_record({name}) takes {sorted(_names(statement))}, got {sorted(params)}")
         update = _Update(params, lines, params[_row_param(statement)])
         return group_writes.writer(name, partial(_write_updates, statement), lambda u: (u.key,),
                                    of=statement).submit(update)

@@ -288,8 +288,9 @@ class _Success:
         return ("txn", self.transaction_id), ("delivery", self.delivery["gateway"], self.delivery["webhook_id"])
 
 
-def _write_successes(items: list[_Success]) -> list[str | None]:
-    """For each item, the order its move paid, or None when it wrote nothing (one statement for all)."""
+def _write_successes(items: list[_Success], *, for_others: bool = False) -> list[str | None]:
+    """For each item, the order its move paid, or None when it wrote nothing (one statement for all;
+    ``for_others``: one item written alone after its statement was refused)."""
     decision = decide(Status.PENDING, Status.SUCCESS)
     params = {"from_status": decision.current.value, "to_status": decision.target.value,
               "items": one_statement.item_params([
@@ -299,12 +300,12 @@ def _write_successes(items: list[_Success]) -> list[str | None]:
               "lines": one_statement.rows_of([item.lines for item in items]),
               "deliveries": one_statement.rows_of([[item.delivery] for item in items])}
     try:
-        rows = one_statement.run_all(_successes_statement(), params)
+        rows = one_statement.run_all(_successes_statement(), params, shared=len(items) > 1 or for_others)
     except DBAPIError as exc:
         if not one_statement.refused_whole(exc):
             raise
-        if len(items) == 1:  # the guard, a webhook-id stored meanwhile, a bad value, a deadlock
-            return [None]  # it wrote nothing; the general route meets the same and answers as ever
+        if len(items) == 1:  # the guard, a webhook-id stored meanwhile, a bad value, a deadlock, a row lock
+            return [None]  # it wrote nothing; the general route (in the caller's request) meets the same
         return [_alone(item) for item in items]  # find which: each alone
     paid = {row.n: row.order_id for row in rows}
     return [paid.get(n) for n in range(len(items))]
@@ -314,7 +315,7 @@ def _alone(item: _Success) -> str | None | Exception:
     """``item`` written in a statement of its own; what goes wrong with it is its caller's alone
     (the items before it may have been written already)."""
     try:
-        return _write_successes([item])[0]
+        return _write_successes([item], for_others=True)[0]
     except Exception as exc:
         return exc
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,30 @@ def test_writes_behind_a_statement_that_stays_out_go_alone_meanwhile():
     assert statements == [[0], [1], [2]]
     assert writer.submit(3) == 30 and statements[-1] == [3]
     assert not writer._writing and not writer._waiting
+
+
+def test_an_item_queued_just_before_the_stall_bound_stops_waiting_at_the_bound():
+    """Counted from when the statement went out, not from when the item queued: queued 0.8 s
+    into a 1 s bound, it goes alone about 0.2 s later (not 1 s later)."""
+    release, held = threading.Event(), threading.Event()
+
+    def write(items):
+        if 0 in items:
+            held.set()
+            assert release.wait(10)
+        return [item * 10 for item in items]
+
+    writer = GroupWriter("test", write, keys=lambda item: [item], stalled_after=1.0)
+    leader = threading.Thread(target=writer.submit, args=(0,))
+    leader.start()
+    assert held.wait(10)
+    time.sleep(0.8)
+    started = time.monotonic()
+    assert writer.submit(1) == 10
+    waited = time.monotonic() - started
+    release.set()
+    leader.join(5)
+    assert waited < 0.7, waited
 
 
 @pytest.mark.parametrize("callers", [2, 16, 48])

@@ -6,6 +6,7 @@ It must leave exactly the rows the general route leaves, or nothing at all, what
 import json
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 
 import psycopg
@@ -41,9 +42,9 @@ def routes_taken(monkeypatch):
     taken = []
 
     def watched(real, wrote):
-        def call(statement, params):
+        def call(statement, params, **options):
             try:
-                result = real(statement, params)
+                result = real(statement, params, **options)
             except Exception:
                 taken.append(False)
                 raise
@@ -269,13 +270,13 @@ def test_a_connection_lost_under_the_statement(pg_app, gateway, monkeypatch, com
     tx_id = start_payment(client, gateway, order_id)["transaction_id"]
     real_run, lost = one_statement.run_all, []
 
-    def run_all(statement, params):
+    def run_all(statement, params, **options):
         if '"tx_id"' in params["items"] and not lost:  # the success statement, once
             lost.append(True)
             if committed:
-                real_run(statement, params)
+                real_run(statement, params, **options)
             raise _lost(kind)
-        return real_run(statement, params)
+        return real_run(statement, params, **options)
 
     monkeypatch.setattr(one_statement, "run_all", run_all)
     socket = socketio.test_client(pg_app)
@@ -373,11 +374,11 @@ def _statements_failing(monkeypatch, failures: dict) -> list:
     number of success items each call carried."""
     real_run, calls = one_statement.run_all, []
 
-    def run_all(statement, params):
+    def run_all(statement, params, **options):
         calls.append(params["items"].count('"tx_id"'))
         if len(calls) in failures:
             raise failures[len(calls)]
-        return real_run(statement, params)
+        return real_run(statement, params, **options)
 
     monkeypatch.setattr(one_statement, "run_all", run_all)
     return calls
@@ -408,12 +409,12 @@ def test_deliveries_that_queue_behind_a_statement_share_the_next_and_each_is_wri
     fulfillment_probe.reset()
     held, release, real_run, sizes = threading.Event(), threading.Event(), one_statement.run_all, []
 
-    def run_all(statement, params):
+    def run_all(statement, params, **options):
         sizes.append(params["items"].count('"tx_id"'))  # success items (a finish's have none)
         if not held.is_set():
             held.set()
             assert release.wait(20)
-        return real_run(statement, params)
+        return real_run(statement, params, **options)
 
     monkeypatch.setattr(one_statement, "run_all", run_all)
     signed = [sign(status_event(tx_id, "success", 1999), msg_id=f"msg_queued_{n}") for n, (_, tx_id) in
@@ -455,13 +456,13 @@ def test_a_finish_whose_shared_statement_was_not_answered_is_written_once(pg_app
     order_id, tx_id = _payment(client, gateway)
     real_run, stopped = one_statement.run_all, []
 
-    def run_all(statement, params):
+    def run_all(statement, params, **options):
         if '"claimed_at"' in params["items"] and not stopped:  # the finish, once
             stopped.append(True)
             if committed:
-                real_run(statement, params)
+                real_run(statement, params, **options)
             raise _lost("writer")
-        return real_run(statement, params)
+        return real_run(statement, params, **options)
 
     monkeypatch.setattr(one_statement, "run_all", run_all)
     response = post_webhook(client, status_event(tx_id, "success", 1999))
@@ -535,16 +536,27 @@ def test_a_shared_update_refuses_parameters_other_than_its_statement_s(pg_app):
         one_statement.update_and_record(_FINISH, {"order_id": "ord_x", "claimed_at": utcnow()}, [], name="fulfilled")
 
 
+@contextmanager
+def _held_elsewhere(postgres_url: str, table: str, row_id: str):
+    """Another session holds one row's lock until the block ends; yields an engine to look with."""
+    other = sa.create_engine(postgres_url)
+    holder = other.connect()
+    holder.begin()
+    holder.exec_driver_sql(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", (row_id,))
+    try:
+        yield other
+    finally:
+        holder.rollback()
+        holder.close()
+        other.dispose()
+
+
 def test_a_delivery_held_by_a_row_lock_elsewhere_does_not_hold_the_others(pg_app, gateway, postgres_url):
     """Another session holds payment A's row: A's statement waits for it. B's delivery, for
     another payment, comes after and does not wait for A's statement past the writer's stall
     bound (it goes in a statement of its own); A is applied once the lock is let go."""
     client = pg_app.test_client()
     (_, tx_a), (order_b, tx_b) = _payment(client, gateway), _payment(client, gateway)
-    other = sa.create_engine(postgres_url)
-    holder = other.connect()
-    holder.begin()
-    holder.exec_driver_sql("SELECT 1 FROM transactions WHERE id = %s FOR UPDATE", (tx_a,))
     answers, took = {}, {}
 
     def deliver(tx_id):
@@ -553,19 +565,42 @@ def test_a_delivery_held_by_a_row_lock_elsewhere_does_not_hold_the_others(pg_app
         took[tx_id] = time.monotonic() - started
 
     a = threading.Thread(target=deliver, args=(tx_a,))
-    a.start()
-    time.sleep(0.3)  # A's statement is out, waiting for the lock
-    b = threading.Thread(target=deliver, args=(tx_b,))
-    b.start()
-    b.join(10)
-    try:
+    with _held_elsewhere(postgres_url, "transactions", tx_a):
+        a.start()
+        time.sleep(0.3)  # A's statement is out, waiting for the lock
+        b = threading.Thread(target=deliver, args=(tx_b,))
+        b.start()
+        b.join(10)
         assert not b.is_alive() and answers[tx_b]["outcome"] == "applied"
         assert a.is_alive()  # still held
         assert took[tx_b] < 5
         assert fulfillment_probe.calls == [(order_b, tx_b)]
-    finally:
-        holder.rollback()
-        holder.close()
-        other.dispose()
     a.join(10)
     assert answers[tx_a]["outcome"] == "applied" and len(fulfillment_probe.calls) == 2
+
+
+def test_a_row_lock_held_elsewhere_holds_only_its_own_item_of_a_shared_statement(pg_app, gateway, postgres_url):
+    """Another session holds payment A's order: the statement carrying A and B waits for it only
+    SHARED_LOCK_WAIT_MS and is refused whole; its items go one by one, each also waiting briefly,
+    so B is written at once and A is handed back to its own request (None: the general route,
+    which waits for the lock alone, as a request always has, and applies it once it is free)."""
+    client = pg_app.test_client()
+    (order_a, tx_a), (order_b, tx_b) = _payment(client, gateway), _payment(client, gateway)
+    paid = []
+
+    def write():
+        with pg_app.app_context():
+            paid.append(_write_successes([_success_item(tx_a, "msg_lock_a"), _success_item(tx_b, "msg_lock_b")]))
+
+    writing = threading.Thread(target=write)
+    with _held_elsewhere(postgres_url, "orders", order_a) as other:
+        writing.start()
+        writing.join(5)
+        assert not writing.is_alive() and paid == [[None, order_b]]
+        with other.connect() as look:
+            assert look.exec_driver_sql("SELECT status FROM orders WHERE id = %s", (order_b,)).scalar() == "paid"
+            assert look.exec_driver_sql("SELECT status FROM transactions WHERE id = %s", (tx_a,)).scalar() == "pending"
+    writing.join(10)
+    response = post_webhook(client, status_event(tx_a, "success", 1999), msg_id="msg_lock_a")
+    assert (response.status_code, response.get_json()["outcome"]) == (200, "applied")
+    assert fulfillment_probe.calls == [(order_a, tx_a)]
