@@ -147,9 +147,9 @@ def retry_on_lost_connection(work: Callable[[], T], *, what: str, seconds: float
     ``work`` must be safe to run again after a commit whose answer was lost: a compare-and-set
     that can tell its own earlier write from someone else's. Other errors are not retried.
     """
-    def tell(state) -> None:
+    def tell(attempt: int, exc: BaseException) -> None:
         log.warning("database connection lost during %s (attempt %d), trying again on a fresh one: %s",
-                    what, state.attempt_number + 1, database_error_text(state.outcome.exception()))
+                    what, attempt, database_error_text(exc))
 
     try:  # the usual case, through the first time: no retry machinery is built for it
         return work()
@@ -157,9 +157,9 @@ def retry_on_lost_connection(work: Callable[[], T], *, what: str, seconds: float
         discard_transaction()  # drops a broken connection; the next statement checks out another
         if not lost_connection(exc):
             raise
-        log.warning("database connection lost during %s (attempt 1), trying again on a fresh one: %s",
-                    what, database_error_text(exc))
-    for attempt in Retrying(retry=retry_if_exception(lost_connection), reraise=True, before_sleep=tell,
+        tell(1, exc)
+    for attempt in Retrying(retry=retry_if_exception(lost_connection), reraise=True,
+                            before_sleep=lambda state: tell(state.attempt_number + 1, state.outcome.exception()),
                             stop=stop_after_delay(RETRY_LOST_CONNECTION_FOR if seconds is None else seconds),
                             wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1)):
         with attempt:

@@ -12,9 +12,10 @@ What the statement does for each item is decided item by item inside it (each it
 compare-and-set), so batching changes how many round trips are made, never what is written.
 Two items that would touch the same row (``keys``) never share a statement: the later one waits
 for the next (except while a statement is stalled, below: the database then orders them, as it
-orders writes from different processes). The writer function is given the items and returns one result per item (or an
-exception for that item); an exception it raises is raised to every caller of that statement.
-One writer per app and purpose (``writer``); works with threads and with gevent's greenlets.
+orders writes from different processes). The writer function is given the items and returns one
+result per item (or an exception for that item); an exception it raises is raised to every
+caller of that statement. One writer per app and purpose (``writer``); works with threads and
+with gevent's greenlets.
 
 A statement that stays out (a row lock held elsewhere, a connection gone quiet) must not hold
 every request of the process behind it: once it has been out for ``STALLED_AFTER`` seconds, the

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, partial
-from typing import Hashable
+from typing import Callable
 
 from sqlalchemy import (CTE, JSON, Integer, Row, String, Table, Update, bindparam, cast, column, func, literal_column,
                         select, union_all)
@@ -65,7 +65,7 @@ def with_defaults(table: Table, row: dict) -> dict:
 
 
 def row_params(prefix: str, rows: list[dict]) -> dict:
-    """The parameters of ``rows_if(..., prefix)`` for these rows."""
+    """The parameters of ``rows_where(..., prefix)`` for these rows."""
     return {f"{prefix}{number}_{name}": value for number, row in enumerate(rows) for name, value in row.items()}
 
 
@@ -74,22 +74,16 @@ def count(cte: CTE):
     return select(func.count()).select_from(cte).scalar_subquery()
 
 
-def run(statement, params: dict) -> Row | None:
-    """Execute ``statement`` alone, in autocommit; its first row. Call only when ``usable()``:
-    the session holds no connection then, so no lock of its own can stand in the statement's way.
-    A statement that fails wrote nothing.
-
-    A connection from the engine's pool, not through the session: about 0.1 ms less per call.
-    """
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        return connection.execute(statement, params).first()
-
-
 SHARED_LOCK_WAIT_MS = 1000  # how long a statement carrying several requests waits for one row's lock
 
 
 def run_all(statement, params: dict, *, shared: bool = False) -> list[Row]:
-    """``run``, every row. A ``shared`` statement (several requests' items, or one of them written
+    """Execute ``statement`` alone, in autocommit; its rows. Call only when ``usable()``: the
+    session holds no connection then, so no lock of its own can stand in the statement's way. A
+    statement that fails wrote nothing. A connection from the engine's pool, not through the
+    session: about 0.1 ms less per call.
+
+    A ``shared`` statement (several requests' items, or one of them written
     alone for them) waits at most SHARED_LOCK_WAIT_MS for a row lock: one item's row held
     elsewhere (a long transaction, a session left idle in one) must not hold the others. The
     statement is then written item by item (``refused_whole``), each alone also waiting briefly,
@@ -114,6 +108,31 @@ def refused_whole(exc: DBAPIError) -> bool:
     deadlock with another process's statement: its items written one by one tell which, if any."""
     return (isinstance(exc, (IntegrityError, DataError))
             or getattr(exc.orig, "sqlstate", None) in ("40P01", "55P03"))
+
+
+def each_written(write: Callable[[list, bool], list], items: list, *,
+                 if_refused: Callable[[DBAPIError], object]) -> list:
+    """One result per item from ``write(items, shared)``, which sends them as one statement
+    (``shared``: see ``run_all``). A statement refused whole is written again item by item, each
+    alone also shared (it stands in for the others); what goes wrong with one item is that item's
+    result alone: ``if_refused(error)`` when its statement was refused, else the error."""
+    try:
+        return write(items, len(items) > 1)
+    except DBAPIError as exc:
+        if not refused_whole(exc):
+            raise
+        if len(items) == 1:
+            return [if_refused(exc)]
+    return [_written_alone(write, item, if_refused) for item in items]  # find which: each alone
+
+
+def _written_alone(write: Callable[[list, bool], list], item, if_refused: Callable[[DBAPIError], object]):
+    try:
+        return write([item], True)[0]
+    except DBAPIError as exc:
+        return if_refused(exc) if refused_whole(exc) else exc
+    except Exception as exc:  # no connection in time, say: its caller's answer alone
+        return exc
 
 
 # Statements for several requests' writes at once (group_writes): each request is an item, a
@@ -191,7 +210,6 @@ class _Update:
 
     params: dict
     lines: list[dict]
-    key: Hashable  # the row it updates: no other item of its statement may update it
 
 
 @cache
@@ -219,27 +237,16 @@ def _row_param(statement: Update) -> str:
     raise ValueError(f"{statement} names no row by its primary key")
 
 
-def _write_updates(statement: Update, updates: list[_Update], *, for_others: bool = False) -> list[int | Exception]:
-    """For each item, 1 when its row changed (and its lines were written), else 0: one statement
-    (``for_others``: one item written alone after its statement was refused)."""
-    try:
-        rows = run_all(_updates_together(statement), {"items": item_params([u.params for u in updates]),
-                                                      "lines": rows_of([u.lines for u in updates])},
-                       shared=len(updates) > 1 or for_others)
-    except DBAPIError as exc:
-        if len(updates) == 1 or not refused_whole(exc):
-            raise
-        return [_alone(statement, update) for update in updates]  # find which: each alone
+def _write_updates(statement: Update, updates: list[_Update]) -> list[int | Exception]:
+    """For each item, 1 when its row changed (and its lines were written), else 0, or its error."""
+    return each_written(partial(_updates_in_one, statement), updates, if_refused=lambda exc: exc)
+
+
+def _updates_in_one(statement: Update, updates: list[_Update], shared: bool) -> list[int]:
+    rows = run_all(_updates_together(statement), {"items": item_params([u.params for u in updates]),
+                                                  "lines": rows_of([u.lines for u in updates])}, shared=shared)
     changed = {row.n for row in rows}
     return [int(n in changed) for n in range(len(updates))]
-
-
-def _alone(statement: Update, update: _Update) -> int | Exception:
-    """``update`` written in a statement of its own; what goes wrong with it is its caller's alone."""
-    try:
-        return _write_updates(statement, [update], for_others=True)[0]
-    except Exception as exc:  # a row lock held elsewhere among them: the caller's own retry waits for it
-        return exc
 
 
 def update_and_record(statement: Update, params: dict, lines: list[dict], *, name: str) -> int:
@@ -253,9 +260,9 @@ def update_and_record(statement: Update, params: dict, lines: list[dict], *, nam
     if params.keys() != _names(statement):  # shared, a value left out would be written as NULL, not refused
         raise ValueError(f"update_and_record({name}) takes {sorted(_names(statement))}, got {sorted(params)}")
     if usable():
-        update = _Update(params, lines, params[_row_param(statement)])
-        return group_writes.writer(name, partial(_write_updates, statement), lambda u: (u.key,),
-                                   of=statement).submit(update)
+        row = _row_param(statement)  # no two items of a statement update the same row
+        return group_writes.writer(name, partial(_write_updates, statement), lambda u: (u.params[row],),
+                                   of=statement).submit(_Update(params, lines))
     changed = db.session.connection().execute(statement, params).rowcount
     if changed:
         for line in lines:

@@ -288,9 +288,13 @@ class _Success:
         return ("txn", self.transaction_id), ("delivery", self.delivery["gateway"], self.delivery["webhook_id"])
 
 
-def _write_successes(items: list[_Success], *, for_others: bool = False) -> list[str | None]:
-    """For each item, the order its move paid, or None when it wrote nothing (one statement for all;
-    ``for_others``: one item written alone after its statement was refused)."""
+def _write_successes(items: list[_Success]) -> list[str | None | Exception]:
+    """For each item, the order its move paid, or None when it wrote nothing (a statement refused
+    for it: the general route, in the caller's request, meets the same), or its error."""
+    return one_statement.each_written(_successes_in_one, items, if_refused=lambda _exc: None)
+
+
+def _successes_in_one(items: list[_Success], shared: bool) -> list[str | None]:
     decision = decide(Status.PENDING, Status.SUCCESS)
     params = {"from_status": decision.current.value, "to_status": decision.target.value,
               "items": one_statement.item_params([
@@ -299,25 +303,8 @@ def _write_successes(items: list[_Success], *, for_others: bool = False) -> list
                   for item in items]),
               "lines": one_statement.rows_of([item.lines for item in items]),
               "deliveries": one_statement.rows_of([[item.delivery] for item in items])}
-    try:
-        rows = one_statement.run_all(_successes_statement(), params, shared=len(items) > 1 or for_others)
-    except DBAPIError as exc:
-        if not one_statement.refused_whole(exc):
-            raise
-        if len(items) == 1:  # the guard, a webhook-id stored meanwhile, a bad value, a deadlock, a row lock
-            return [None]  # it wrote nothing; the general route (in the caller's request) meets the same
-        return [_alone(item) for item in items]  # find which: each alone
-    paid = {row.n: row.order_id for row in rows}
+    paid = {row.n: row.order_id for row in one_statement.run_all(_successes_statement(), params, shared=shared)}
     return [paid.get(n) for n in range(len(items))]
-
-
-def _alone(item: _Success) -> str | None | Exception:
-    """``item`` written in a statement of its own; what goes wrong with it is its caller's alone
-    (the items before it may have been written already)."""
-    try:
-        return _write_successes([item], for_others=True)[0]
-    except Exception as exc:
-        return exc
 
 
 _PAID_BY_MOVE = select(_orders.c.id).where(_orders.c.paid_transaction_id == bindparam("tx_id"),
